@@ -1,0 +1,239 @@
+"""The bus interface, and the one subscription algorithm every backend shares.
+
+A backend stores logs and rings a doorbell when an event is appended; the gapless,
+duplicate-free history-to-live handoff lives here, once, in ``Subscription``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Protocol
+
+from ..events import Event
+
+log = logging.getLogger(__name__)
+
+READ_PAGE = 500
+
+
+class BusError(Exception):
+    """Base of the errors a subscriber can meet; ``code`` maps onto HTTP."""
+
+    code = "bus_error"
+
+
+class UnknownLog(BusError):
+    code = "not_found"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} has no event log (unknown run, or its log expired)")
+
+
+class CursorExpired(BusError):
+    """Contract item 6: a cursor older than the retained log is an explicit signal."""
+
+    code = "cursor_expired"
+
+    def __init__(self, run_id: str, after: int, first_seq: int) -> None:
+        self.first_seq = first_seq
+        super().__init__(
+            f"cursor {after} is older than the retained log of run {run_id!r}, "
+            f"which starts at seq {first_seq}; restart without a cursor to read what is kept"
+        )
+
+
+class CursorAhead(BusError):
+    code = "cursor_ahead"
+
+    def __init__(self, run_id: str, after: int, last_seq: int) -> None:
+        super().__init__(f"cursor {after} is past the end of run {run_id!r}'s log (last seq {last_seq})")
+
+
+class LogClosed(BusError):
+    code = "log_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class LogBounds:
+    first_seq: int  # oldest retained seq (last_seq + 1 when the log is empty)
+    last_seq: int
+    ended: bool
+
+
+class Sink:
+    """A subscriber's bounded live buffer. The backend pushes; it never waits.
+
+    When it overflows, the buffer is emptied and flagged: the subscriber is cut from
+    the live stream and resyncs from the log (contract item 5), so a slow reader
+    costs the publisher nothing.
+    """
+
+    __slots__ = ("_items", "_limit", "_wake", "overflowed", "drops")
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[Event] = deque()
+        self._limit = limit
+        self._wake = asyncio.Event()
+        self.overflowed = False
+        self.drops = 0
+
+    def push(self, event: Event) -> None:
+        if len(self._items) >= self._limit:
+            self._items.clear()
+            self.overflowed = True
+            self.drops += 1
+        self._items.append(event)
+        self._wake.set()
+
+    def resync_needed(self) -> None:
+        """The backend lost track (e.g. pub/sub reconnected): read the log again."""
+        self.overflowed = True
+        self._wake.set()
+
+    async def wait(self) -> None:
+        await self._wake.wait()
+
+    def take(self) -> list[Event]:
+        items = list(self._items)
+        self._items.clear()
+        self._wake.clear()
+        return items
+
+
+class Bus(Protocol):
+    """Appends events to run logs, reads them back, and fans them out live."""
+
+    subscriber_buffer: int
+
+    async def append(self, run_id: str, ns: str, agent: str, data: dict[str, Any]) -> Event: ...
+
+    async def read(self, run_id: str, after: int, limit: int | None = None) -> list[Event]:
+        """Events with seq > after, oldest first; CursorExpired if after is trimmed."""
+        ...
+
+    async def bounds(self, run_id: str) -> LogBounds | None: ...
+
+    async def attach(self, run_id: str, sink: Sink) -> None: ...
+
+    async def detach(self, run_id: str, sink: Sink) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+
+async def subscribe(bus: Bus, run_id: str, after: int | None) -> Subscription:
+    """Validate the cursor and open a subscription (before any response is sent)."""
+    bounds = await bus.bounds(run_id)
+    if bounds is None:
+        raise UnknownLog(run_id)
+    trimmed_from: int | None = None
+    if after is None:
+        after = bounds.first_seq - 1
+        if bounds.first_seq > 1:
+            trimmed_from = bounds.first_seq
+    elif after > bounds.last_seq:
+        raise CursorAhead(run_id, after, bounds.last_seq)
+    elif after < bounds.first_seq - 1:
+        raise CursorExpired(run_id, after, bounds.first_seq)
+    sub = Subscription(bus, run_id, after, trimmed_from)
+    await sub.open()
+    return sub
+
+
+class Subscription:
+    """Every event with seq > after, in order, once, then live until the terminal event.
+
+    Iterating yields batches (all events ready at that moment), so transports can
+    write several frames at once. Attaching to the live stream happens before the
+    history is read; live events already covered by history are skipped by seq, and
+    a hole in live seqs is filled from the log (contract items 2 and 3).
+    """
+
+    def __init__(self, bus: Bus, run_id: str, after: int, trimmed_from: int | None) -> None:
+        self.bus = bus
+        self.run_id = run_id
+        self.last = after
+        self.trimmed_from = trimmed_from
+        self.done = False
+        self.resyncs = 0
+        self._sink = Sink(bus.subscriber_buffer)
+        self._attached = False
+
+    async def open(self) -> None:
+        await self.bus.attach(self.run_id, self._sink)
+        self._attached = True
+
+    async def aclose(self) -> None:
+        if self._attached:
+            self._attached = False
+            await self.bus.detach(self.run_id, self._sink)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[list[Event]]:
+        return self._batches()
+
+    async def _history(self, upto: int | None = None) -> list[Event]:
+        """Read the log after self.last (up to ``upto`` inclusive if given)."""
+        out: list[Event] = []
+        cursor = self.last
+        while True:
+            page = await self.bus.read(self.run_id, cursor, READ_PAGE)
+            if upto is not None:
+                page = [e for e in page if e.seq <= upto]
+            out.extend(page)
+            if len(page) < READ_PAGE:
+                return out
+            cursor = page[-1].seq
+
+    def _accept(self, events: list[Event]) -> list[Event]:
+        """Keep only the next seqs in order; stop after the terminal event."""
+        out: list[Event] = []
+        for e in events:
+            if self.done:
+                break
+            if e.seq != self.last + 1:
+                continue
+            out.append(e)
+            self.last = e.seq
+            self.done = e.is_terminal
+        return out
+
+    async def _batches(self) -> AsyncIterator[list[Event]]:
+        batch = self._accept(await self._history())
+        if batch:
+            yield batch
+        if not self.done:
+            # A client already holding the terminal event gets an immediate, clean end.
+            bounds = await self.bus.bounds(self.run_id)
+            if bounds is not None and bounds.ended and self.last >= bounds.last_seq:
+                self.done = True
+        while not self.done:
+            await self._sink.wait()
+            if self._sink.overflowed:
+                self._sink.overflowed = False
+                self.resyncs += 1
+                log.info("subscriber of run %s resyncs from seq %d (dropped from live: %s)",
+                         self.run_id, self.last, "buffer full or backend reconnect")
+                self._sink.take()
+                batch = self._accept(await self._history())
+            else:
+                live = self._sink.take()
+                if not live:
+                    continue
+                batch = []
+                for e in live:
+                    if e.seq <= self.last:
+                        continue  # already delivered from history
+                    if e.seq > self.last + 1:
+                        # A hole: the doorbell missed some; the log is the truth.
+                        batch.extend(self._accept(await self._history(upto=e.seq - 1)))
+                    batch.extend(self._accept([e]))
+            if batch:
+                yield batch

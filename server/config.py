@@ -1,0 +1,48 @@
+"""Settings: one frozen object, read once at the edge and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Flags override ``THOUGHTSTREAM_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="THOUGHTSTREAM_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    # Agents: extra graphs as "name=module:attr" or "name=path/file.py:attr".
+    agents: tuple[str, ...] = ()
+
+    # Backend selection happens once, in the composition root.
+    redis_url: str | None = None
+    key_prefix: str = "ts"
+    data_dir: Path = Path(".thoughtstream")
+
+    # Runs.
+    max_concurrent_runs: int = Field(8, ge=1)
+    max_queued_runs: int = Field(1000, ge=1)
+    run_timeout_s: float = Field(600.0, gt=0)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+    # Logs and subscribers (the event contract's bounds).
+    log_max_events: int = Field(10_000, ge=10)
+    log_ttl_s: float = Field(3600.0, gt=0)
+    subscriber_buffer: int = Field(1024, ge=1)
+    sse_ping_s: float = Field(15.0, gt=0)
+    sse_send_timeout_s: float = Field(30.0, gt=0)
+
+    # Chat model for the built-in agent.
+    llm: Literal["scripted", "openai"] = "scripted"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    scripted_tokens_per_s: float = Field(60.0, gt=0)
+    reflective_max_rounds: int = Field(3, ge=1)

@@ -1,0 +1,66 @@
+"""The event: one chunk a run emits, and its wire encoding."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+# Namespaces the server itself emits; user graphs may add their own (the set is open).
+THOUGHT = "THOUGHT"
+TOOL_USE = "TOOL_USE"
+CRITIC_EVAL = "CRITIC_EVAL"
+STATUS = "STATUS"
+RESULT = "RESULT"
+ERROR = "ERROR"
+STEP = "STEP"
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _default(obj: Any) -> Any:
+    """Make whatever a graph emits JSON-safe instead of failing the run."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return repr(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    run_id: str
+    seq: int
+    ns: str
+    agent: str
+    data: dict[str, Any]
+    ts: float = field(default_factory=time.time)
+
+    @property
+    def is_terminal(self) -> bool:
+        """Contract item 4: the one terminal STATUS event that ends every run."""
+        return self.ns == STATUS and self.data.get("state") in TERMINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "ns": self.ns,
+            "agent": self.agent,
+            "data": self.data,
+            "ts": self.ts,
+        }
+
+    def encode(self) -> bytes:
+        return dumps(self.to_dict())
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Event:
+        d = orjson.loads(raw)
+        return cls(d["run_id"], int(d["seq"]), d["ns"], d["agent"], d["data"], float(d["ts"]))

@@ -1,0 +1,92 @@
+"""Dispatch: the embedded queue. Runs beyond the concurrency limit wait as ``queued``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .executor import SHUTDOWN_REASON, Executor
+from .store import QUEUED, RunStore
+
+log = logging.getLogger(__name__)
+
+
+class LocalRunner:
+    """An asyncio queue drained by ``concurrency`` worker tasks, all owned here.
+
+    Each run executes in its own task (so cancel hits exactly that run); the worker
+    that started it awaits it, so every task has an owner and shutdown is orderly.
+    """
+
+    def __init__(self, *, executor: Executor, store: RunStore, concurrency: int) -> None:
+        self.executor = executor
+        self.store = store
+        self.concurrency = concurrency
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[object]] = {}
+        self._cancel_reason: dict[str, str] = {}
+
+    async def __aenter__(self) -> LocalRunner:
+        for i in range(self.concurrency):
+            task = asyncio.create_task(self._work(), name=f"run-worker-{i}")
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def active(self) -> int:
+        return len(self._running)
+
+    async def enqueue(self, run_id: str) -> None:
+        self._queue.put_nowait(run_id)
+
+    async def cancel(self, run_id: str, reason: str) -> bool:
+        """Cancel a run executing here; False if it is not running in this process."""
+        task = self._running.get(run_id)
+        if task is None:
+            return False
+        self._cancel_reason[run_id] = reason
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return True
+
+    async def _work(self) -> None:
+        while True:
+            run_id = await self._queue.get()
+            try:
+                rec = await self.store.get(run_id)
+                if rec is None or rec.status != QUEUED:
+                    continue  # cancelled while it waited, or forgotten
+                task = asyncio.create_task(
+                    self.executor.run(rec, self._cancel_reason), name=f"run-{run_id}"
+                )
+                self._running[run_id] = task
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    if not task.done():  # the worker itself is being stopped
+                        raise
+                except Exception:
+                    log.exception("run %s crashed the executor", run_id)
+                finally:
+                    self._running.pop(run_id, None)
+            finally:
+                self._queue.task_done()
+
+    async def shutdown(self, grace_s: float = 5.0) -> None:
+        """Stop taking runs, cancel those in flight (they end failed/cancelled), then stop."""
+        running = list(self._running.items())
+        for run_id, task in running:
+            self._cancel_reason[run_id] = SHUTDOWN_REASON
+            task.cancel()
+        if running:
+            await asyncio.wait([t for _, t in running], timeout=grace_s)
+        for w in list(self._workers):
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)

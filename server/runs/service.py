@@ -1,0 +1,125 @@
+"""What clients can do with runs, whatever the transport: submit, look, list, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from ..bus.base import Bus
+from ..events import STATUS
+from .store import CANCELLED, QUEUED, InvalidTransition, RunRecord, RunStore, new_run_id
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "bad_request"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ServiceError):
+    status, code = 409, "conflict"
+
+
+class Invalid(ServiceError):
+    status, code = 422, "invalid_input"
+
+
+class Busy(ServiceError):
+    status, code = 429, "too_many_runs"
+    headers = {"Retry-After": "5"}
+
+
+class Runner(Protocol):
+    async def enqueue(self, run_id: str) -> None: ...
+    async def cancel(self, run_id: str, reason: str) -> bool: ...
+    def depth(self) -> int: ...
+
+
+class RunService:
+    def __init__(self, *, store: RunStore, bus: Bus, runner: Runner, registry: Any,
+                 max_queued: int) -> None:
+        self.store = store
+        self.bus = bus
+        self.runner = runner
+        self.registry = registry
+        self.max_queued = max_queued
+
+    async def submit(self, agent: str, input: Any, *, metadata: dict[str, Any] | None = None,
+                     tenant: str, idempotency_key: str | None = None) -> tuple[RunRecord, bool]:
+        """Validate, store as queued, enqueue. Returns (record, created)."""
+        from ..agents.registry import InvalidInput, UnknownAgent
+
+        try:
+            spec = self.registry.get(agent)
+        except UnknownAgent:
+            raise NotFound(f"unknown agent {agent!r}; GET /agents lists them",
+                           agents=self.registry.names()) from None
+        try:
+            clean = spec.validate_input(input)
+        except InvalidInput as exc:
+            raise Invalid(f"input.{exc.field}: {exc.message}", field=f"input.{exc.field}") from None
+        if self.runner.depth() >= self.max_queued:
+            raise Busy(f"{self.max_queued} runs are already queued; retry later")
+        rec = RunRecord(run_id=new_run_id(), agent=agent, input=clean, metadata=metadata or {},
+                        tenant=tenant, idempotency_key=idempotency_key)
+        stored, created = await self.store.create(rec)
+        if not created:
+            if (stored.agent, stored.input) != (agent, clean):
+                raise Conflict("this Idempotency-Key was used for a different request")
+            return stored, False
+        await self.bus.append(stored.run_id, STATUS, "server", {"state": QUEUED})
+        await self.runner.enqueue(stored.run_id)
+        return stored, True
+
+    async def get(self, run_id: str, *, tenant: str) -> RunRecord:
+        rec = await self.store.get(run_id)
+        if rec is None or rec.tenant != tenant:
+            raise NotFound(f"unknown run {run_id!r}")
+        return rec
+
+    async def snapshot(self, run_id: str, *, tenant: str) -> dict[str, Any]:
+        rec = await self.get(run_id, tenant=tenant)
+        bounds = await self.bus.bounds(run_id)
+        out = rec.to_dict()
+        out["last_seq"] = bounds.last_seq if bounds else None
+        out["first_seq"] = bounds.first_seq if bounds else None
+        return out
+
+    async def list(self, *, tenant: str, status: str | None, limit: int,
+                   before: float | None) -> list[RunRecord]:
+        return await self.store.list(tenant=tenant, status=status, limit=limit, before=before)
+
+    async def cancel(self, run_id: str, *, tenant: str, wait_s: float = 5.0) -> RunRecord:
+        rec = await self.get(run_id, tenant=tenant)
+        if rec.terminal:
+            raise Conflict(f"run {run_id!r} already ended {rec.status}", status=rec.status)
+        reason = "cancelled by client"
+        if rec.status == QUEUED:
+            try:
+                rec = await self.store.transition(
+                    run_id, CANCELLED, ended_at=time.time(),
+                    error={"code": "cancelled", "message": reason})
+            except InvalidTransition:
+                pass  # it started meanwhile: cancel the execution instead
+            else:
+                await self.bus.append(run_id, STATUS, "server",
+                                      {"state": CANCELLED, "error": rec.error})
+                return rec
+        await self.runner.cancel(run_id, reason)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            rec = await self.get(run_id, tenant=tenant)
+            if rec.terminal:
+                break
+            await asyncio.sleep(0.05)
+        return rec

@@ -1,0 +1,138 @@
+"""Run records: what a run is, its lifecycle, and where records live."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+STATUSES = frozenset({QUEUED, RUNNING}) | TERMINAL
+
+# Which transitions the lifecycle allows; anything else is a bug or a race lost.
+_ALLOWED = {
+    QUEUED: {RUNNING, CANCELLED, FAILED},
+    RUNNING: {SUCCEEDED, FAILED, CANCELLED, QUEUED},
+}
+
+DEFAULT_TENANT = "default"
+
+
+class InvalidTransition(Exception):
+    def __init__(self, run_id: str, current: str, wanted: str) -> None:
+        self.current = current
+        super().__init__(f"run {run_id!r} is {current}; it cannot become {wanted}")
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    agent: str
+    input: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tenant: str = DEFAULT_TENANT
+    status: str = QUEUED
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    attempt: int = 0
+    error: dict[str, Any] | None = None
+    result: Any = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("idempotency_key")
+        return d
+
+
+class RunStore(Protocol):
+    async def create(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        """Store a new record; with an idempotency key already used, return that run and False."""
+        ...
+
+    async def get(self, run_id: str) -> RunRecord | None: ...
+
+    async def list(
+        self, *, tenant: str, status: str | None = None, limit: int = 50, before: float | None = None
+    ) -> list[RunRecord]: ...
+
+    async def update(self, run_id: str, **changes: Any) -> RunRecord: ...
+
+    async def transition(self, run_id: str, status: str, **changes: Any) -> RunRecord:
+        """Change status if the lifecycle allows it, else InvalidTransition."""
+        ...
+
+
+class MemoryRunStore:
+    """Records in a dict; finished ones beyond ``max_records`` are forgotten oldest first."""
+
+    def __init__(self, max_records: int = 10_000) -> None:
+        self.max_records = max_records
+        self._runs: dict[str, RunRecord] = {}
+        self._idem: dict[tuple[str, str], str] = {}
+        self._lock = asyncio.Lock()
+
+    async def create(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        async with self._lock:
+            if record.idempotency_key is not None:
+                key = (record.tenant, record.idempotency_key)
+                existing = self._idem.get(key)
+                if existing is not None and existing in self._runs:
+                    return self._runs[existing], False
+                self._idem[key] = record.run_id
+            self._runs[record.run_id] = record
+            self._prune()
+            return record, True
+
+    def _prune(self) -> None:
+        excess = len(self._runs) - self.max_records
+        if excess <= 0:
+            return
+        done = [r for r in self._runs.values() if r.terminal]
+        done.sort(key=lambda r: r.created_at)
+        for r in done[:excess]:
+            del self._runs[r.run_id]
+            if r.idempotency_key is not None:
+                self._idem.pop((r.tenant, r.idempotency_key), None)
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        return self._runs.get(run_id)
+
+    async def list(
+        self, *, tenant: str, status: str | None = None, limit: int = 50, before: float | None = None
+    ) -> list[RunRecord]:
+        rows = [
+            r for r in self._runs.values()
+            if r.tenant == tenant
+            and (status is None or r.status == status)
+            and (before is None or r.created_at < before)
+        ]
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        return rows[:limit]
+
+    async def update(self, run_id: str, **changes: Any) -> RunRecord:
+        rec = replace(self._runs[run_id], **changes)
+        self._runs[run_id] = rec
+        return rec
+
+    async def transition(self, run_id: str, status: str, **changes: Any) -> RunRecord:
+        async with self._lock:
+            rec = self._runs[run_id]
+            if status not in _ALLOWED.get(rec.status, ()):
+                raise InvalidTransition(run_id, rec.status, status)
+            rec = replace(rec, status=status, **changes)
+            self._runs[run_id] = rec
+            return rec

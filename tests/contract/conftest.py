@@ -1,0 +1,34 @@
+"""The contract suite runs once per backend: ``make_bus`` is parametrized over them."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+
+BACKENDS = ["memory"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_bus(backend_name: str, request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """make_bus(max_events=..., ttl_s=..., subscriber_buffer=...) -> async context manager."""
+
+    @contextlib.asynccontextmanager
+    async def factory(max_events: int = 10_000, ttl_s: float = 3600.0,
+                      subscriber_buffer: int = 1024) -> AsyncIterator[Any]:
+        if backend_name == "memory":
+            from server.bus.memory import MemoryBus
+
+            async with MemoryBus(max_events=max_events, ttl_s=ttl_s,
+                                 subscriber_buffer=subscriber_buffer) as bus:
+                yield bus
+        else:  # pragma: no cover - filled in by the Redis backend
+            raise NotImplementedError(backend_name)
+
+    return factory
