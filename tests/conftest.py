@@ -4,7 +4,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tests.support import RedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session on a free port; tests use their own key prefix."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
