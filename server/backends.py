@@ -22,30 +22,61 @@ class Backend:
     store: Any
     runner: Any
     service: RunService
+    worker: Any = None  # the Redis worker, when this process hosts one
 
 
 @asynccontextmanager
-async def open_backend(settings: Settings, registry: Any) -> AsyncIterator[Backend]:
+async def open_backend(settings: Settings, registry: Any, *, worker: bool = False) -> AsyncIterator[Backend]:
+    """Open the backend. ``worker=True`` (Redis only) also runs a queue worker here."""
     async with AsyncExitStack() as stack:
         if settings.redis_url:
-            from .bus.redis import open_redis_backend  # lazy: no Redis import unless asked
-
-            parts = await stack.enter_async_context(open_redis_backend(settings, registry))
-            bus, store, runner, name = parts.bus, parts.store, parts.runner, "redis"
+            backend = await stack.enter_async_context(_open_redis(settings, registry, worker))
         else:
-            from .bus.memory import MemoryBus
-            from .runs.queue import LocalRunner
-            from .runs.store import MemoryRunStore
+            backend = await stack.enter_async_context(_open_memory(settings, registry))
+        yield backend
 
-            bus = await stack.enter_async_context(MemoryBus(
-                max_events=settings.log_max_events, ttl_s=settings.log_ttl_s,
-                subscriber_buffer=settings.subscriber_buffer))
-            store = MemoryRunStore()
-            executor = Executor(bus=bus, store=store, registry=registry,
-                                run_timeout_s=settings.run_timeout_s)
-            runner = await stack.enter_async_context(LocalRunner(
-                executor=executor, store=store, concurrency=settings.max_concurrent_runs))
-            name = "memory"
-        service = RunService(store=store, bus=bus, runner=runner, registry=registry,
+
+def _executor(settings: Settings, bus: Any, store: Any, registry: Any) -> Executor:
+    return Executor(bus=bus, store=store, registry=registry, run_timeout_s=settings.run_timeout_s)
+
+
+@asynccontextmanager
+async def _open_memory(settings: Settings, registry: Any) -> AsyncIterator[Backend]:
+    from .bus.memory import MemoryBus
+    from .runs.queue import LocalRunner
+    from .runs.store import MemoryRunStore
+
+    async with MemoryBus(max_events=settings.log_max_events, ttl_s=settings.log_ttl_s,
+                         subscriber_buffer=settings.subscriber_buffer) as bus:
+        store = MemoryRunStore()
+        async with LocalRunner(executor=_executor(settings, bus, store, registry), store=store,
+                               concurrency=settings.max_concurrent_runs) as runner:
+            service = RunService(store=store, bus=bus, runner=runner, registry=registry,
+                                 max_queued=settings.max_queued_runs)
+            yield Backend("memory", bus, store, runner, service)
+
+
+@asynccontextmanager
+async def _open_redis(settings: Settings, registry: Any, with_worker: bool) -> AsyncIterator[Backend]:
+    from .bus.redis import RedisBus  # lazy: no Redis import unless asked
+    from .runs.redis_store import RedisRunStore
+    from .runs.worker import RedisQueue, Worker
+
+    assert settings.redis_url is not None
+    async with RedisBus(settings.redis_url, prefix=settings.key_prefix,
+                        max_events=settings.log_max_events, ttl_s=settings.log_ttl_s,
+                        subscriber_buffer=settings.subscriber_buffer,
+                        outage_s=settings.redis_outage_s,
+                        live_ttl_s=settings.run_timeout_s + settings.log_ttl_s) as bus:
+        store = RedisRunStore(bus.redis, prefix=settings.key_prefix)
+        queue = RedisQueue(bus.redis, bus, prefix=settings.key_prefix)
+        service = RunService(store=store, bus=bus, runner=queue, registry=registry,
                              max_queued=settings.max_queued_runs)
-        yield Backend(name, bus, store, runner, service)
+        worker = None
+        async with AsyncExitStack() as stack:
+            if with_worker:
+                worker = await stack.enter_async_context(Worker(
+                    queue=queue, bus=bus, store=store,
+                    executor=_executor(settings, bus, store, registry),
+                    concurrency=settings.max_concurrent_runs, lease_s=settings.worker_lease_s))
+            yield Backend("redis", bus, store, queue, service, worker)

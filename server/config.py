@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     key_prefix: str = "ts"
     data_dir: Path = Path(".thoughtstream")
+    # Worker processes `serve` starts with Redis (0 = API only); `thoughtstream worker` adds more.
+    workers: int = Field(1, ge=0)
+    worker_lease_s: float = Field(15.0, gt=0)
+    # How long an append rides out a Redis outage before the run fails.
+    redis_outage_s: float = Field(10.0, gt=0)
 
     # Runs.
     max_concurrent_runs: int = Field(8, ge=1)

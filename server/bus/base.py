@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Protocol
@@ -17,6 +18,9 @@ from ..events import Event
 log = logging.getLogger(__name__)
 
 READ_PAGE = 500
+# A quiet subscriber checks the log this often: the doorbell may have missed the
+# last event (e.g. it rang before the subscription was active), and nothing follows it.
+IDLE_CHECK_S = 5.0
 
 
 class BusError(Exception):
@@ -215,7 +219,13 @@ class Subscription:
             if bounds is not None and bounds.ended and self.last >= bounds.last_seq:
                 self.done = True
         while not self.done:
-            await self._sink.wait()
+            try:
+                await asyncio.wait_for(self._sink.wait(), IDLE_CHECK_S * (0.8 + random.random() / 2.5))
+            except asyncio.TimeoutError:
+                bounds = await self.bus.bounds(self.run_id)
+                if bounds is not None and bounds.last_seq > self.last:
+                    self._sink.resync_needed()
+                continue
             if self._sink.overflowed:
                 self._sink.overflowed = False
                 self.resyncs += 1

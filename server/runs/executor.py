@@ -115,11 +115,13 @@ class Executor:
     async def status(self, rec: RunRecord, state: str, **extra: Any) -> None:
         await self.bus.append(rec.run_id, STATUS, "server", {"state": state, **extra})
 
-    async def run(self, rec: RunRecord, cancel_reason: dict[str, str]) -> RunRecord:
+    async def run(self, rec: RunRecord, cancel_reason: dict[str, str], *,
+                  worker: str | None = None) -> RunRecord:
         """Execute ``rec`` to its end. ``cancel_reason[run_id]`` says why a cancel came."""
         run_id = rec.run_id
         attempt = rec.attempt + 1
-        rec = await self.store.transition(run_id, RUNNING, started_at=time.time(), attempt=attempt)
+        rec = await self.store.transition(run_id, RUNNING, started_at=time.time(), attempt=attempt,
+                                          worker=worker)
         await self.status(rec, RUNNING, attempt=attempt)
         mapper = ChunkMapper()
         started = time.monotonic()

@@ -37,7 +37,7 @@ class LocalRunner:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
-    def depth(self) -> int:
+    async def depth(self) -> int:
         return self._queue.qsize()
 
     def active(self) -> int:

@@ -42,7 +42,7 @@ class Busy(ServiceError):
 class Runner(Protocol):
     async def enqueue(self, run_id: str) -> None: ...
     async def cancel(self, run_id: str, reason: str) -> bool: ...
-    def depth(self) -> int: ...
+    async def depth(self) -> int: ...
 
 
 class RunService:
@@ -68,7 +68,7 @@ class RunService:
             clean = spec.validate_input(input)
         except InvalidInput as exc:
             raise Invalid(f"input.{exc.field}: {exc.message}", field=f"input.{exc.field}") from None
-        if self.runner.depth() >= self.max_queued:
+        if await self.runner.depth() >= self.max_queued:
             raise Busy(f"{self.max_queued} runs are already queued; retry later")
         rec = RunRecord(run_id=new_run_id(), agent=agent, input=clean, metadata=metadata or {},
                         tenant=tenant, idempotency_key=idempotency_key)

@@ -46,6 +46,7 @@ class RunRecord:
     error: dict[str, Any] | None = None
     result: Any = None
     progress: dict[str, Any] = field(default_factory=dict)
+    worker: str | None = None
     idempotency_key: str | None = None
 
     @property

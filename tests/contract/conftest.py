@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator, Callable
 
 import pytest
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "redis"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -28,7 +28,16 @@ def make_bus(backend_name: str, request: pytest.FixtureRequest) -> Callable[...,
             async with MemoryBus(max_events=max_events, ttl_s=ttl_s,
                                  subscriber_buffer=subscriber_buffer) as bus:
                 yield bus
-        else:  # pragma: no cover - filled in by the Redis backend
-            raise NotImplementedError(backend_name)
+        else:
+            import uuid
+
+            from server.bus.redis import RedisBus
+
+            server = request.getfixturevalue("redis_server")
+            # A fresh key prefix per test: tests never see each other's keys.
+            async with RedisBus(server.url, prefix=f"t{uuid.uuid4().hex[:8]}", max_events=max_events,
+                                ttl_s=ttl_s, subscriber_buffer=subscriber_buffer) as bus:
+                await bus._connected.wait()
+                yield bus
 
     return factory

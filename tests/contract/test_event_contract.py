@@ -191,17 +191,18 @@ async def test_log_is_bounded_and_old_cursors_get_an_explicit_signal(make_bus):
     """Item 6: max events per run; a cursor before the retained start is refused, not replayed partly."""
     async with make_bus(max_events=50) as bus:
         run = rid()
-        for i in range(120):
+        for i in range(400):
             await bus.append(run, "THOUGHT", "a", {"i": i})
         b = await bus.bounds(run)
-        assert b.last_seq == 120
-        assert 50 <= (b.last_seq - b.first_seq + 1) <= 120  # approximate trims may keep a little more
+        assert b.last_seq == 400
+        # Redis trims whole stream nodes (MAXLEN ~), so it may keep up to a node more.
+        assert 50 <= (b.last_seq - b.first_seq + 1) <= 150
         assert b.first_seq > 1
         with pytest.raises(CursorExpired) as exc:
             await subscribe(bus, run, 0)
         assert exc.value.first_seq == b.first_seq
         with pytest.raises(CursorAhead):
-            await subscribe(bus, run, 121)
+            await subscribe(bus, run, 401)
         # No cursor: start at what is retained, and say that the start was trimmed.
         sub = await subscribe(bus, run, None)
         assert sub.trimmed_from == b.first_seq

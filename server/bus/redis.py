@@ -1,0 +1,278 @@
+"""The Redis bus: each run's log is a Stream; pub/sub rings the doorbell.
+
+Appending is one round trip (EVALSHA): the script assigns the seq, XADDs the event,
+PUBLISHes it to the run's channel and refreshes the expiry. Each process holds one
+pub/sub connection, subscribed to a run's channel only while local subscribers
+watch it, and dispatches to them in-process. When that connection drops, it
+reconnects with capped backoff and every local subscriber resyncs from the Stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from typing import Any, Awaitable, Callable
+
+import orjson
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ..events import Event, dumps
+from .base import CursorExpired, LogBounds, LogClosed, Sink
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+# KEYS: log stream, meta hash. ARGV: event JSON without its seq (ends in '"seq":'),
+# channel, maxlen, ttl ms after the end, terminal flag, append token (makes a retried
+# append idempotent), ttl ms while live (refreshed by every append).
+APPEND = """
+local meta = KEYS[2]
+if redis.call('HGET', meta, 'tok') == ARGV[6] then
+  return tonumber(redis.call('HGET', meta, 'seq'))
+end
+if redis.call('HGET', meta, 'ended') == '1' then
+  return redis.error_reply('LOGCLOSED')
+end
+local seq = redis.call('HINCRBY', meta, 'seq', 1)
+local payload = ARGV[1] .. seq .. '}'
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', payload)
+redis.call('HSET', meta, 'tok', ARGV[6])
+if ARGV[5] == '1' then redis.call('HSET', meta, 'ended', '1') end
+local ttl = ARGV[7]
+if ARGV[5] == '1' then ttl = ARGV[4] end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', meta, ttl)
+redis.call('PUBLISH', ARGV[2], payload)
+return seq
+"""
+
+
+class RedisBus:
+    """Logs in Redis Streams under ``{prefix}:run:{id}:log``; fan-out over pub/sub."""
+
+    def __init__(self, url: str, *, prefix: str, max_events: int, ttl_s: float,
+                 subscriber_buffer: int, outage_s: float = 10.0,
+                 live_ttl_s: float | None = None) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.max_events = max_events
+        self.ttl_ms = int(ttl_s * 1000)
+        # A live run may be quiet for long; its log must outlive any run (timeout + ttl).
+        self.live_ttl_ms = int((live_ttl_s if live_ttl_s is not None else ttl_s + 3600) * 1000)
+        self.subscriber_buffer = subscriber_buffer
+        self.outage_s = outage_s
+        self.redis = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5,
+                                    health_check_interval=0)
+        self._append = self.redis.register_script(APPEND)
+        self._sinks: dict[str, set[Sink]] = {}  # channel -> local sinks
+        self._control: dict[str, Callable[[dict[str, Any]], Awaitable[None] | None]] = {}
+        self._pubsub: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._lock = asyncio.Lock()  # serializes (un)subscribe with reconnects
+        self.reconnects = 0
+
+    # -- keys ---------------------------------------------------------------
+    def log_key(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:log"
+
+    def meta_key(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:meta"
+
+    def channel(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:live"
+
+    # -- lifecycle ----------------------------------------------------------
+    async def __aenter__(self) -> RedisBus:
+        self._listener = asyncio.create_task(self._listen_forever(), name="redis-bus-listener")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), 2))
+        except (*TRANSIENT, asyncio.TimeoutError):
+            return False
+
+    # -- log ----------------------------------------------------------------
+    async def append(self, run_id: str, ns: str, agent: str, data: dict[str, Any]) -> Event:
+        ts = time.time()
+        body = dumps({"run_id": run_id, "ns": ns, "agent": agent, "data": data, "ts": ts})
+        head = body[:-1] + b',"seq":'
+        terminal = ns == "STATUS" and data.get("state") in ("succeeded", "failed", "cancelled")
+        token = uuid.uuid4().hex
+        keys = [self.log_key(run_id), self.meta_key(run_id)]
+        args = [head, self.channel(run_id), self.max_events, self.ttl_ms, int(terminal), token,
+                self.live_ttl_ms]
+        seq = await self._with_retry(lambda: self._append(keys=keys, args=args))
+        return Event(run_id, int(seq), ns, agent, data, ts)
+
+    async def _with_retry(self, op: Callable[[], Awaitable[Any]]) -> Any:
+        """Ride out a short outage (bounded by outage_s); then let the caller fail."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.outage_s
+        delay = 0.05
+        while True:
+            try:
+                return await op()
+            except ResponseError as exc:
+                if "LOGCLOSED" in str(exc):
+                    raise LogClosed("the run has ended; its log takes no more events") from None
+                raise
+            except TRANSIENT:
+                if loop.time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def read(self, run_id: str, after: int, limit: int | None = None) -> list[Event]:
+        key = self.log_key(run_id)
+
+        async def op() -> Any:
+            async with self.redis.pipeline(transaction=False) as p:
+                p.xrange(key, "-", "+", count=1)
+                p.xrange(key, f"{after + 1}-0", "+", count=limit)
+                return await p.execute()
+
+        first, rows = await self._with_retry(op)
+        if first:
+            first_seq = int(first[0][0].split(b"-")[0])
+            if after < first_seq - 1:
+                raise CursorExpired(run_id, after, first_seq)
+        return [Event.decode(fields[b"e"]) for _, fields in rows]
+
+    async def bounds(self, run_id: str) -> LogBounds | None:
+        async def op() -> Any:
+            async with self.redis.pipeline(transaction=False) as p:
+                p.hmget(self.meta_key(run_id), "seq", "ended")
+                p.xrange(self.log_key(run_id), "-", "+", count=1)
+                return await p.execute()
+
+        (seq, ended), first = await self._with_retry(op)
+        if seq is None:
+            return None
+        last = int(seq)
+        first_seq = int(first[0][0].split(b"-")[0]) if first else last + 1
+        return LogBounds(first_seq, last, ended == b"1")
+
+    # -- live fan-out -------------------------------------------------------
+    async def attach(self, run_id: str, sink: Sink) -> None:
+        ch = self.channel(run_id)
+        async with self._lock:
+            sinks = self._sinks.setdefault(ch, set())
+            first = not sinks
+            sinks.add(sink)
+            if first and self._pubsub is not None:
+                try:
+                    await self._pubsub.subscribe(ch)
+                except TRANSIENT:
+                    pass  # the listener reconnects and subscribes every channel in _sinks
+
+    async def detach(self, run_id: str, sink: Sink) -> None:
+        ch = self.channel(run_id)
+        async with self._lock:
+            sinks = self._sinks.get(ch)
+            if not sinks:
+                return
+            sinks.discard(sink)
+            if not sinks:
+                del self._sinks[ch]
+                if self._pubsub is not None:
+                    try:
+                        await self._pubsub.unsubscribe(ch)
+                    except TRANSIENT:
+                        pass
+
+    def local_channels(self) -> int:
+        return len(self._sinks)
+
+    # -- control messages (cancel, ...) -----------------------------------
+    def control_channel(self, name: str) -> str:
+        return f"{self.prefix}:ctl:{name}"
+
+    def on_control(self, name: str, handler: Callable[[dict[str, Any]], Any]) -> None:
+        """Call ``handler(message)`` for every message published on control channel ``name``."""
+        self._control[self.control_channel(name)] = handler
+
+    async def publish_control(self, name: str, message: dict[str, Any]) -> int:
+        return await self._with_retry(
+            lambda: self.redis.publish(self.control_channel(name), orjson.dumps(message)))
+
+    async def _connect(self) -> None:
+        client = Redis.from_url(self.url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+        pubsub = client.pubsub()
+        async with self._lock:
+            # A control channel is always subscribed, so the connection is never idle-empty.
+            await pubsub.subscribe(self.control_channel("all"), *self._control, *self._sinks)
+            self._pubsub = pubsub
+
+    async def _listen_forever(self) -> None:
+        delay = 0.1
+        first = True
+        while True:
+            try:
+                await self._connect()
+                if not first:
+                    self.reconnects += 1
+                    log.warning("redis pub/sub reconnected; %d local channels resync from their logs",
+                                len(self._sinks))
+                    for sinks in list(self._sinks.values()):
+                        for sink in list(sinks):
+                            sink.resync_needed()
+                first = False
+                delay = 0.1
+                self._connected.set()
+                await self._pump()
+            except asyncio.CancelledError:
+                raise
+            except TRANSIENT as exc:
+                log.warning("redis pub/sub connection lost (%s); retrying in %.1fs", exc, delay)
+            except Exception:
+                log.exception("redis pub/sub listener failed; restarting")
+            self._connected.clear()
+            if self._pubsub is not None:
+                pubsub, self._pubsub = self._pubsub, None
+                try:
+                    await pubsub.aclose()
+                except Exception:  # the connection is already gone
+                    pass
+            await asyncio.sleep(delay * (1 + random.random() / 4))
+            delay = min(delay * 2, 5.0)
+
+    async def _pump(self) -> None:
+        pubsub = self._pubsub
+        while True:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is None or msg["type"] != "message":
+                continue
+            ch = msg["channel"].decode()
+            sinks = self._sinks.get(ch)
+            if sinks:
+                event = Event.decode(msg["data"])
+                for sink in list(sinks):
+                    sink.push(event)
+                continue
+            handler = self._control.get(ch)
+            if handler is not None:
+                try:
+                    res = handler(orjson.loads(msg["data"]))
+                    if asyncio.iscoroutine(res):
+                        await res
+                except Exception:
+                    log.exception("control handler for %s failed", ch)
