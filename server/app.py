@@ -12,10 +12,16 @@ from starlette.staticfiles import StaticFiles
 
 from .agents.registry import AgentRegistry
 from .backends import open_backend
+from .bus.base import BackendUnavailable
+from .transports.errors import error_response
 from .config import Settings
 from .transports import http, sse
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+async def _backend_unavailable(request: Any, exc: Exception) -> Any:
+    return error_response(503, "backend_unavailable", str(exc), headers={"Retry-After": "2"})
 
 
 def create_app(settings: Settings | None = None, registry: AgentRegistry | None = None) -> Starlette:
@@ -34,7 +40,8 @@ def create_app(settings: Settings | None = None, registry: AgentRegistry | None 
     routes: list[Any] = [*http.routes, *sse.routes]
     if STATIC_DIR.is_dir():
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={BackendUnavailable: _backend_unavailable})
     app.state.settings = settings
     app.state.registry = registry
     return app

@@ -68,7 +68,7 @@ async def _open_redis(settings: Settings, registry: Any, with_worker: bool) -> A
                         subscriber_buffer=settings.subscriber_buffer,
                         outage_s=settings.redis_outage_s,
                         live_ttl_s=settings.run_timeout_s + settings.log_ttl_s) as bus:
-        store = RedisRunStore(bus.redis, prefix=settings.key_prefix)
+        store = RedisRunStore(bus.redis, prefix=settings.key_prefix, retry=bus.with_retry)
         queue = RedisQueue(bus.redis, bus, prefix=settings.key_prefix)
         service = RunService(store=store, bus=bus, runner=queue, registry=registry,
                              max_queued=settings.max_queued_runs)

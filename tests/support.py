@@ -116,8 +116,11 @@ def redis_binary() -> str:
 class RedisServer:
     """A throwaway redis-server on a free port (never the one on 6379); restartable."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, durable: bool = False) -> None:
         self.port = port or free_port()
+        # durable: an append-only file fsynced on every write, so a kill -9 loses nothing
+        # (what a deployment that must survive Redis restarts runs with).
+        self.durable = durable
         self.dir = tempfile.mkdtemp(prefix="ts-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -128,7 +131,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         argv: Sequence[str] = [
             redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
+            "--save", "", "--dir", self.dir, "--daemonize", "no",
+            *(("--appendonly", "yes", "--appendfsync", "always") if self.durable else ("--appendonly", "no")),
             "--loglevel", "warning",
         ]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -60,6 +60,12 @@ class LogClosed(BusError):
     code = "log_closed"
 
 
+class BackendUnavailable(BusError):
+    """The backend stayed unreachable past its outage allowance (HTTP 503, never a 500)."""
+
+    code = "backend_unavailable"
+
+
 @dataclass(frozen=True, slots=True)
 class LogBounds:
     first_seq: int  # oldest retained seq (last_seq + 1 when the log is empty)

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..events import Event, dumps
-from .base import CursorExpired, LogBounds, LogClosed, Sink
+from .base import BackendUnavailable, CursorExpired, LogBounds, LogClosed, Sink
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,10 @@ class RedisBus:
         keys = [self.log_key(run_id), self.meta_key(run_id)]
         args = [head, self.channel(run_id), self.max_events, self.ttl_ms, int(terminal), token,
                 self.live_ttl_ms]
-        seq = await self._with_retry(lambda: self._append(keys=keys, args=args))
+        seq = await self.with_retry(lambda: self._append(keys=keys, args=args))
         return Event(run_id, int(seq), ns, agent, data, ts)
 
-    async def _with_retry(self, op: Callable[[], Awaitable[Any]]) -> Any:
+    async def with_retry(self, op: Callable[[], Awaitable[Any]]) -> Any:
         """Ride out a short outage (bounded by outage_s); then let the caller fail."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.outage_s
@@ -135,9 +135,9 @@ class RedisBus:
                 if "LOGCLOSED" in str(exc):
                     raise LogClosed("the run has ended; its log takes no more events") from None
                 raise
-            except TRANSIENT:
+            except TRANSIENT as exc:
                 if loop.time() + delay > deadline:
-                    raise
+                    raise BackendUnavailable(f"redis unreachable for {self.outage_s:g}s: {exc}") from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -150,7 +150,7 @@ class RedisBus:
                 p.xrange(key, f"{after + 1}-0", "+", count=limit)
                 return await p.execute()
 
-        first, rows = await self._with_retry(op)
+        first, rows = await self.with_retry(op)
         if first:
             first_seq = int(first[0][0].split(b"-")[0])
             if after < first_seq - 1:
@@ -164,7 +164,7 @@ class RedisBus:
                 p.xrange(self.log_key(run_id), "-", "+", count=1)
                 return await p.execute()
 
-        (seq, ended), first = await self._with_retry(op)
+        (seq, ended), first = await self.with_retry(op)
         if seq is None:
             return None
         last = int(seq)
@@ -206,12 +206,19 @@ class RedisBus:
     def control_channel(self, name: str) -> str:
         return f"{self.prefix}:ctl:{name}"
 
-    def on_control(self, name: str, handler: Callable[[dict[str, Any]], Any]) -> None:
+    async def on_control(self, name: str, handler: Callable[[dict[str, Any]], Any]) -> None:
         """Call ``handler(message)`` for every message published on control channel ``name``."""
-        self._control[self.control_channel(name)] = handler
+        ch = self.control_channel(name)
+        async with self._lock:
+            self._control[ch] = handler
+            if self._pubsub is not None:
+                try:
+                    await self._pubsub.subscribe(ch)
+                except TRANSIENT:
+                    pass  # the listener subscribes every control channel when it reconnects
 
     async def publish_control(self, name: str, message: dict[str, Any]) -> int:
-        return await self._with_retry(
+        return await self.with_retry(
             lambda: self.redis.publish(self.control_channel(name), orjson.dumps(message)))
 
     async def _connect(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import orjson
@@ -36,9 +37,21 @@ def _encode(changes: dict[str, Any]) -> list[Any]:
     return out
 
 
+def _retried(fn: Any) -> Any:
+    """Ride out a short Redis outage like the bus does; a long one becomes a 503."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: RedisRunStore, *args: Any, **kwargs: Any) -> Any:
+        return await self.retry(lambda: fn(self, *args, **kwargs))
+
+    return wrapper
+
+
 class RedisRunStore:
-    def __init__(self, redis: Redis, *, prefix: str, ttl_s: float = 7 * 24 * 3600) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, retry: Any,
+                 ttl_s: float = 7 * 24 * 3600) -> None:
         self.redis = redis
+        self.retry = retry
         self.prefix = prefix
         self.ttl_s = int(ttl_s)
         self._transition = redis.register_script(TRANSITION)
@@ -49,6 +62,7 @@ class RedisRunStore:
     def index_key(self, tenant: str) -> str:
         return f"{self.prefix}:runs:{tenant}"
 
+    @_retried
     async def create(self, record: RunRecord) -> tuple[RunRecord, bool]:
         if record.idempotency_key is not None:
             idem = f"{self.prefix}:idem:{record.tenant}:{record.idempotency_key}"
@@ -67,6 +81,7 @@ class RedisRunStore:
             await p.execute()
         return record, True
 
+    @_retried
     async def get(self, run_id: str) -> RunRecord | None:
         raw = await self.redis.hgetall(self.key(run_id))
         if not raw:
@@ -74,6 +89,7 @@ class RedisRunStore:
         values = {k.decode(): orjson.loads(v) for k, v in raw.items() if k.decode() in _FIELDS}
         return RunRecord(**values)
 
+    @_retried
     async def list(self, *, tenant: str, status: str | None = None, limit: int = 50,
                    before: float | None = None) -> list[RunRecord]:
         out: list[RunRecord] = []
@@ -97,12 +113,14 @@ class RedisRunStore:
                         break
         return out
 
+    @_retried
     async def update(self, run_id: str, **changes: Any) -> RunRecord:
         await self.redis.hset(self.key(run_id), mapping=dict(zip(changes, map(dumps, changes.values()))))
         rec = await self.get(run_id)
         assert rec is not None
         return rec
 
+    @_retried
     async def transition(self, run_id: str, status: str, **changes: Any) -> RunRecord:
         allowed = [s for s, nxt in _ALLOWED.items() if status in nxt]
         ok, cur = await self._transition(

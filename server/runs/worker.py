@@ -86,7 +86,7 @@ class Worker:
 
     async def __aenter__(self) -> Worker:
         await self.queue.ensure_group()
-        self.bus.on_control(CONTROL, self._on_control)
+        await self.bus.on_control(CONTROL, self._on_control)
         for coro, label in ((self._consume(), "consume"), (self._heartbeat(), "heartbeat"),
                             (self._reap(), "reap")):
             task = asyncio.create_task(coro, name=f"worker-{label}")
