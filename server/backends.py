@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from .config import Settings
+from .runs.checkpoints import open_checkpointer
 from .runs.executor import Executor
 from .runs.service import RunService
 
@@ -36,8 +37,9 @@ async def open_backend(settings: Settings, registry: Any, *, worker: bool = Fals
         yield backend
 
 
-def _executor(settings: Settings, bus: Any, store: Any, registry: Any) -> Executor:
-    return Executor(bus=bus, store=store, registry=registry, run_timeout_s=settings.run_timeout_s)
+def _executor(settings: Settings, bus: Any, store: Any, registry: Any, checkpointer: Any) -> Executor:
+    return Executor(bus=bus, store=store, registry=registry, run_timeout_s=settings.run_timeout_s,
+                    checkpointer=checkpointer)
 
 
 @asynccontextmanager
@@ -47,9 +49,10 @@ async def _open_memory(settings: Settings, registry: Any) -> AsyncIterator[Backe
     from .runs.store import MemoryRunStore
 
     async with MemoryBus(max_events=settings.log_max_events, ttl_s=settings.log_ttl_s,
-                         subscriber_buffer=settings.subscriber_buffer) as bus:
+                         subscriber_buffer=settings.subscriber_buffer) as bus, \
+            open_checkpointer(settings) as checkpointer:
         store = MemoryRunStore()
-        async with LocalRunner(executor=_executor(settings, bus, store, registry), store=store,
+        async with LocalRunner(executor=_executor(settings, bus, store, registry, checkpointer), store=store,
                                concurrency=settings.max_concurrent_runs) as runner:
             service = RunService(store=store, bus=bus, runner=runner, registry=registry,
                                  max_queued=settings.max_queued_runs)
@@ -75,8 +78,10 @@ async def _open_redis(settings: Settings, registry: Any, with_worker: bool) -> A
         worker = None
         async with AsyncExitStack() as stack:
             if with_worker:
+                checkpointer = await stack.enter_async_context(open_checkpointer(settings))
                 worker = await stack.enter_async_context(Worker(
                     queue=queue, bus=bus, store=store,
-                    executor=_executor(settings, bus, store, registry),
-                    concurrency=settings.max_concurrent_runs, lease_s=settings.worker_lease_s))
+                    executor=_executor(settings, bus, store, registry, checkpointer),
+                    concurrency=settings.max_concurrent_runs, lease_s=settings.worker_lease_s,
+                    max_attempts=settings.max_attempts))
             yield Backend("redis", bus, store, queue, service, worker)

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     # Worker processes `serve` starts with Redis (0 = API only); `thoughtstream worker` adds more.
     workers: int = Field(1, ge=0)
     worker_lease_s: float = Field(15.0, gt=0)
+    # A run whose worker died resumes from its last checkpoint at most this many times in all.
+    max_attempts: int = Field(3, ge=1)
+    # sqlite:///path (default: <data_dir>/checkpoints.sqlite), postgresql://..., memory://
+    checkpoint_url: str | None = None
     # How long an append rides out a Redis outage before the run fails.
     redis_outage_s: float = Field(10.0, gt=0)
 
@@ -43,6 +47,24 @@ class Settings(BaseSettings):
     subscriber_buffer: int = Field(1024, ge=1)
     sse_ping_s: float = Field(15.0, gt=0)
     sse_send_timeout_s: float = Field(30.0, gt=0)
+
+    # Socket.IO (browsers). Origins allowed to open Socket.IO connections: a comma-separated
+    # list ("https://app.example.com,http://localhost:5173"), or "*" for any. The server's
+    # own origin (the Origin's host equals the request's Host) is always allowed; when the
+    # list is empty, so are loopback origins (http(s)://localhost|127.0.0.1|[::1], any port).
+    # Clients that send no Origin (non-browsers) are not checked.
+    allowed_origins: str = ""
+    # Packets queued to one socket before it is cut from a run's live room and resynced
+    # from the log once it drains (the Socket.IO twin of subscriber_buffer).
+    socketio_queue_limit: int = Field(1024, ge=8)
+    # A cut socket that does not drain below half the limit within this is disconnected;
+    # its client reconnects and resubscribes with its last seq.
+    socketio_send_timeout_s: float = Field(30.0, gt=0)
+    socketio_ping_interval_s: float = Field(25.0, gt=0)
+    socketio_ping_timeout_s: float = Field(20.0, gt=0)
+    socketio_max_runs_per_socket: int = Field(100, ge=1)
+    # Long-polling needs sticky sessions across several API processes; WebSocket does not.
+    socketio_polling: bool = True
 
     # Chat model for the built-in agent.
     llm: Literal["scripted", "openai"] = "scripted"

@@ -47,6 +47,8 @@ class ServerProcess:
             **os.environ,
             "THOUGHTSTREAM_SCRIPTED_TOKENS_PER_S": "400",
             "THOUGHTSTREAM_LOG_LEVEL": "warning",
+            # Checkpoints of this process only, unless the test shares a directory on purpose.
+            "THOUGHTSTREAM_DATA_DIR": tempfile.mkdtemp(prefix="ts-data-"),
             **(env or {}),
         }
         self.wait_http = wait_http

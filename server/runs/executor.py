@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 CUSTOM = "CUSTOM"
 SHUTDOWN_REASON = "server shutting down"
-STREAM_MODES = ["messages", "custom", "updates", "values"]
+STREAM_MODES = ["messages", "custom", "updates", "values", "checkpoints"]
+RESUMED = "resumed"
 
 
 def agent_path(namespace: tuple[str, ...], node: str | None) -> str:
@@ -63,8 +64,9 @@ def _namespace_from_tags(tags: Any) -> str | None:
 class ChunkMapper:
     """Maps LangGraph stream parts to (ns, agent, data); None means 'not an event'."""
 
-    steps: int = 0
-    last_node: str | None = None
+    steps: int = -2  # the last root checkpoint's step; LangGraph's first is -1
+    current: str | None = None  # the node running now, when only one does
+    completed: list[str] = field(default_factory=list)
     output: Any = None
 
     def map(self, namespace: tuple[str, ...], mode: str, chunk: Any) -> tuple[str, str, dict] | None:
@@ -87,17 +89,25 @@ class ChunkMapper:
                 node = data.get("node")
             else:
                 data, ns, node = {"value": chunk}, CUSTOM, None
-            return ns, agent_path(namespace, node or self.last_node), data
+            return ns, agent_path(namespace, node or self.current), data
         if mode == "updates":
-            if not isinstance(chunk, dict):
-                return None
-            for node in chunk:
-                self.last_node = node
-            self.steps += 1
-            return STEP, agent_path(namespace, self.last_node), {
-                "nodes": list(chunk), "step": self.steps,
-                "keys": sorted({k for u in chunk.values() if isinstance(u, dict) for k in u}),
-            }
+            if not namespace and isinstance(chunk, dict):
+                self.completed.extend(n for n in chunk if not n.startswith("__"))
+            return None
+        if mode == "checkpoints":
+            if namespace:
+                return None  # a subgraph's own steps; the parent's checkpoint is what resumes
+            # A root checkpoint is a durable step boundary: STEP marks it in the log, so a
+            # resumed run knows which seq its last completed step ended at (contract item 7).
+            step = int(chunk.get("metadata", {}).get("step", self.steps + 1))
+            if step <= self.steps:
+                return None  # a resumed run re-announces the checkpoint it starts from
+            nxt = [str(n) for n in chunk.get("next", ())]
+            self.steps = step
+            self.current = nxt[0] if len(nxt) == 1 else None
+            data = {"step": step, "completed": self.completed, "next": nxt}
+            self.completed = []
+            return STEP, "graph", data
         if mode == "values" and not namespace:
             self.output = chunk
         return None
@@ -106,30 +116,83 @@ class ChunkMapper:
 class Executor:
     """Runs graphs for records; one call of ``run`` per attempt."""
 
-    def __init__(self, *, bus: Bus, store: RunStore, registry: Any, run_timeout_s: float) -> None:
+    def __init__(self, *, bus: Bus, store: RunStore, registry: Any, run_timeout_s: float,
+                 checkpointer: Any = None) -> None:
         self.bus = bus
         self.store = store
         self.registry = registry
         self.run_timeout_s = run_timeout_s
+        self.checkpointer = checkpointer
+        self._graphs: dict[str, Any] = {}
+
+    def graph(self, agent: str) -> Any:
+        """The agent's graph bound to our checkpointer (thread_id = run id), built once."""
+        graph = self._graphs.get(agent)
+        if graph is None:
+            graph = self.registry.get(agent).graph
+            if self.checkpointer is not None:
+                graph = graph.copy(update={"checkpointer": self.checkpointer})
+            self._graphs[agent] = graph
+        return graph
+
+    @staticmethod
+    def config(run_id: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": run_id}, "metadata": {"run_id": run_id}}
+
+    async def rewind_point(self, rec: RunRecord, graph: Any) -> tuple[Any, int, int]:
+        """Where a resumed attempt starts: (graph input, rewind_to seq, checkpoint step).
+
+        The last checkpoint's step names its STEP event in the log; everything after that
+        event came from the interrupted step, which runs again, so clients discard it.
+        With no checkpoint the run starts over from its input, after its first STATUS.
+        """
+        state = await graph.aget_state(self.config(rec.run_id)) if self.checkpointer else None
+        events = await self.bus.read(rec.run_id, 0)
+        if state is not None and state.config.get("configurable", {}).get("checkpoint_id"):
+            step = state.metadata.get("step")
+            for e in reversed(events):
+                if e.ns == STEP and e.data.get("step") == step:
+                    return None, e.seq, step
+            # Checkpoint saved but its STEP not yet logged: nothing after it was logged either.
+            # Its re-announcement (step - 1 < step) then logs the STEP.
+            return None, events[-1].seq if events else 0, step - 1
+        first_running = next((e.seq for e in events if e.ns == STATUS
+                              and e.data.get("state") == RUNNING), events[-1].seq if events else 0)
+        return rec.input, first_running, -2
 
     async def status(self, rec: RunRecord, state: str, **extra: Any) -> None:
         await self.bus.append(rec.run_id, STATUS, "server", {"state": state, **extra})
 
     async def run(self, rec: RunRecord, cancel_reason: dict[str, str], *,
-                  worker: str | None = None) -> RunRecord:
-        """Execute ``rec`` to its end. ``cancel_reason[run_id]`` says why a cancel came."""
+                  worker: str | None = None, resume: bool = False) -> RunRecord:
+        """Execute ``rec`` to its end. ``cancel_reason[run_id]`` says why a cancel came.
+
+        ``resume``: the run was RUNNING on a worker that died; continue it from its last
+        checkpoint in the same log, announcing the rewind first.
+        """
         run_id = rec.run_id
         attempt = rec.attempt + 1
-        rec = await self.store.transition(run_id, RUNNING, started_at=time.time(), attempt=attempt,
-                                          worker=worker)
-        await self.status(rec, RUNNING, attempt=attempt)
+        try:
+            graph = self.graph(rec.agent)
+        except Exception as exc:  # e.g. a worker started without this agent
+            rec = await self.store.transition(run_id, RUNNING, started_at=time.time(),
+                                              attempt=attempt, worker=worker)
+            return await self._fail(rec, "agent_unavailable", str(exc))
+        graph_input: Any = rec.input
         mapper = ChunkMapper()
+        if resume:
+            graph_input, rewind_to, mapper.steps = await self.rewind_point(rec, graph)
+            rec = await self.store.update(run_id, attempt=attempt, worker=worker)
+            await self.status(rec, RESUMED, attempt=attempt, rewind_to=rewind_to)
+        else:
+            rec = await self.store.transition(run_id, RUNNING, started_at=time.time(),
+                                              attempt=attempt, worker=worker)
+            await self.status(rec, RUNNING, attempt=attempt)
         started = time.monotonic()
         timeout = min(float(rec.metadata.get("timeout_s") or self.run_timeout_s), self.run_timeout_s)
         try:
-            spec = self.registry.get(rec.agent)
             async with asyncio.timeout(timeout):
-                await self._stream(rec, spec.graph, mapper)
+                await self._stream(rec, graph, graph_input, mapper)
         except asyncio.CancelledError:
             reason = cancel_reason.pop(run_id, "cancelled")
             if reason == SHUTDOWN_REASON:
@@ -143,15 +206,17 @@ class Executor:
         except Exception as exc:  # the graph failed; the run fails, the server does not
             log.warning("run %s failed: %s", run_id, exc, exc_info=True)
             return await self._fail(rec, type(exc).__name__, str(exc) or type(exc).__name__)
-        result = orjson.loads(dumps(graph_output(spec.graph, mapper.output)))  # JSON-safe
+        result = orjson.loads(dumps(graph_output(graph, mapper.output)))  # JSON-safe
         await self.bus.append(run_id, RESULT, "graph", {"output": result})
         elapsed = time.monotonic() - started
         return await self._finish(rec, SUCCEEDED, result=result, duration_s=round(elapsed, 3))
 
-    async def _stream(self, rec: RunRecord, graph: Any, mapper: ChunkMapper) -> None:
-        config = {"configurable": {"thread_id": rec.run_id}, "metadata": {"run_id": rec.run_id}}
+    async def _stream(self, rec: RunRecord, graph: Any, graph_input: Any, mapper: ChunkMapper) -> None:
+        # durability="sync": each step's checkpoint is written before the next step begins,
+        # so a crash re-runs at most the step it interrupted.
         async for namespace, mode, chunk in graph.astream(
-            rec.input, config, stream_mode=STREAM_MODES, subgraphs=True
+            graph_input, self.config(rec.run_id), stream_mode=STREAM_MODES, subgraphs=True,
+            durability="sync",
         ):
             mapped = mapper.map(namespace, mode, chunk)
             if mapped is None:
@@ -159,7 +224,7 @@ class Executor:
             ns, agent, data = mapped
             await self.bus.append(rec.run_id, ns, agent, data)
             if ns == STEP:
-                await self.store.update(rec.run_id, progress={"steps": mapper.steps, "node": agent})
+                await self.store.update(rec.run_id, progress={"step": mapper.steps, "next": data["next"]})
 
     async def _fail(self, rec: RunRecord, code: str, message: str) -> RunRecord:
         await self.bus.append(rec.run_id, ERROR, "server", {"code": code, "message": message})

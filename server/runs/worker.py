@@ -70,7 +70,9 @@ class Worker:
     """Pulls runs from the queue stream, at most ``concurrency`` at a time."""
 
     def __init__(self, *, queue: RedisQueue, bus: RedisBus, store: RunStore, executor: Executor,
-                 concurrency: int, lease_s: float, name: str | None = None) -> None:
+                 concurrency: int, lease_s: float, max_attempts: int = 3,
+                 name: str | None = None) -> None:
+        self.max_attempts = max_attempts
         self.queue = queue
         self.redis = queue.redis
         self.bus = bus
@@ -142,15 +144,15 @@ class Worker:
                 for msg_id, fields in entries:
                     self._start(msg_id.decode(), fields[b"run_id"].decode())
 
-    def _start(self, msg_id: str, run_id: str) -> None:
-        task = asyncio.create_task(self._execute(msg_id, run_id), name=f"run-{run_id}")
+    def _start(self, msg_id: str, run_id: str, *, resume: bool = False) -> None:
+        task = asyncio.create_task(self._execute(msg_id, run_id, resume), name=f"run-{run_id}")
         self._running[run_id] = (task, msg_id)
 
-    async def _execute(self, msg_id: str, run_id: str) -> None:
+    async def _execute(self, msg_id: str, run_id: str, resume: bool) -> None:
         try:
             rec = await self.store.get(run_id)
-            if rec is not None and rec.status == QUEUED:
-                await self.executor.run(rec, self._reasons, worker=self.name)
+            if rec is not None and rec.status == (RUNNING if resume else QUEUED):
+                await self.executor.run(rec, self._reasons, worker=self.name, resume=resume)
         except asyncio.CancelledError:
             pass  # the executor has already written the terminal events
         except Exception:
@@ -210,7 +212,8 @@ class Worker:
                     log.exception("worker %s: recovering run %s failed", self.name, run_id)
 
     async def recover(self, msg_id: str, run_id: str) -> None:
-        """A run whose worker died. Queued: run it here. Running: fail it (resume comes later)."""
+        """A run whose worker died. Queued: run it here. Running: resume it from its last
+        checkpoint here, unless it has used up its attempts."""
         rec = await self.store.get(run_id)
         if rec is None or rec.terminal:
             await self._done(msg_id)
@@ -219,12 +222,18 @@ class Worker:
             self._start(msg_id, run_id)
             return
         if rec.status == RUNNING:
+            if rec.attempt < self.max_attempts:
+                log.warning("run %s: worker %s is gone; resuming it here (attempt %d)",
+                            run_id, rec.worker, rec.attempt + 1)
+                self._start(msg_id, run_id, resume=True)
+                return
             await self._fail_lost(rec)
         await self._done(msg_id)
 
     async def _fail_lost(self, rec: RunRecord) -> None:
         message = (f"worker {rec.worker or '?'} stopped heartbeating for more than "
-                   f"{self.lease_s:g}s while executing this run; the run was abandoned")
+                   f"{self.lease_s:g}s while executing this run, and the run has used all "
+                   f"{self.max_attempts} attempts; giving up")
         error = {"code": "worker_lost", "message": message}
         try:
             rec = await self.store.transition(rec.run_id, FAILED, error=error,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import tempfile
 import time
 
 import httpx
@@ -68,7 +69,9 @@ def assert_exact(events: list[dict]) -> None:
 def topology():
     """One durable redis-server, two API processes (no workers) and two worker processes."""
     redis = RedisServer(durable=True).start()
+    data_dir = tempfile.mkdtemp(prefix="ts-data-")
     env = {
+        "THOUGHTSTREAM_DATA_DIR": data_dir,  # the workers of one machine share checkpoints
         "THOUGHTSTREAM_REDIS_URL": redis.url,
         "THOUGHTSTREAM_WORKER_LEASE_S": "2",
         "THOUGHTSTREAM_SCRIPTED_TOKENS_PER_S": "60",
@@ -190,17 +193,86 @@ async def test_readyz_reports_redis_down(topology):
         await asyncio.sleep(0.2)
 
 
-async def test_killed_worker_run_ends_failed_within_the_lease(topology):
-    """kill -9 the worker executing a run: it ends failed with a clear error, watchers get the end."""
+def fold(events: list[dict]) -> list[dict]:
+    """Apply contract item 7: drop what a failed attempt emitted after rewind_to."""
+    out: list[dict] = []
+    for e in events:
+        if e["ns"] == "STATUS" and e["data"]["state"] == "resumed":
+            out = [x for x in out if x["seq"] <= e["data"]["rewind_to"]]
+            continue
+        out.append(e)
+    return out
+
+
+def comparable(events: list[dict]) -> list[tuple]:
+    """Events without what legitimately differs between two runs: seq, ts, timings, ids."""
+    rows = []
+    for e in events:
+        data = {k: v for k, v in e["data"].items() if k not in ("duration_s", "duration_ms")}
+        rows.append((e["ns"], e["agent"], json.dumps(data, sort_keys=True)))
+    return rows
+
+
+async def wait_running_owner(procs: dict, run_id: str) -> tuple[dict, ServerProcess]:
+    deadline = time.monotonic() + 10
+    while True:
+        snap = httpx.get(f"{procs['api1'].url}/runs/{run_id}").json()
+        if snap.get("worker") and snap["status"] == "running":
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    owner = next(p for k, p in procs.items() if k.startswith("w") and f"-{p.proc.pid}-" in snap["worker"])
+    return snap, owner
+
+
+async def test_killed_worker_run_resumes_on_another_worker(topology):
+    """kill -9 the worker mid-run: another resumes it from its checkpoint; folded, the stream
+    equals that of a run that never crashed, and no checkpointed step runs twice."""
     redis, procs = topology
+    question = {"question": "When was the Eiffel Tower built and how tall is it?"}
+    clean_id = start_run(procs["api1"], question)
+    clean, _ = await read_sse(f"{procs['api1'].url}/runs/{clean_id}/events", timeout=60)
+    run_id = start_run(procs["api1"], question)
+    watchers = [asyncio.create_task(read_sse(f"{procs[a].url}/runs/{run_id}/events", timeout=60))
+                for a in ("api1", "api2")]
+    # Let it get past a few checkpoints (planner and tools), then kill its worker mid-step.
+    snap, owner = await wait_running_owner(procs, run_id)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{procs['api1'].url}/runs/{run_id}").json().get("progress", {}).get("step", -1) < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+    killed_at = time.monotonic()
+    owner.kill()
+    results = await asyncio.wait_for(asyncio.gather(*watchers), 60)
+    resumed = None
+    for events, done in results:
+        assert done and events[-1]["data"]["state"] == "succeeded"
+        assert_exact(events)
+        marks = [e for e in events if e["data"].get("state") == "resumed"]
+        assert len(marks) == 1 and marks[0]["data"]["attempt"] == 2
+        resumed = marks[0]
+        folded = fold(events)
+        assert comparable(folded) == comparable(clean)
+        steps = [e["data"]["step"] for e in folded if e["ns"] == "STEP"]
+        assert steps == sorted(set(steps)), "a checkpointed step ran twice"
+    took = resumed["ts"] - (time.time() - (time.monotonic() - killed_at))
+    assert took < 2 + 5, f"resumed {took:.1f}s after the kill; lease is 2s"
+    print(f"resumed {took:.2f}s after kill -9 (lease 2s)")
+
+
+async def test_killed_worker_run_fails_when_attempts_are_used_up(topology):
+    """With max_attempts=1 a run whose worker dies ends failed with a clear error, within the lease."""
+    redis, procs = topology
+    for name in ("w1", "w2"):
+        procs[name].stop()
+    env = {**procs["w1"].env, "THOUGHTSTREAM_MAX_ATTEMPTS": "1"}
+    procs["w1"] = ServerProcess(command="worker", env=env).start()
+    procs["w2"] = ServerProcess(command="worker", env=env).start()
+    await asyncio.sleep(0.5)
     run_id = start_run(procs["api1"], {"question": "What is the capital of Australia?"})
     watcher = asyncio.create_task(read_sse(f"{procs['api2'].url}/runs/{run_id}/events", timeout=60))
-    deadline = time.monotonic() + 10
-    while not (snap := httpx.get(f"{procs['api1'].url}/runs/{run_id}").json()).get("worker") \
-            or snap["status"] != "running":
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
-    owner = next(p for k, p in procs.items() if k.startswith("w") and f"-{p.proc.pid}-" in snap["worker"])
+    _, owner = await wait_running_owner(procs, run_id)
     killed_at = time.monotonic()
     owner.kill()
     events, done = await asyncio.wait_for(watcher, 30)
@@ -208,5 +280,6 @@ async def test_killed_worker_run_ends_failed_within_the_lease(topology):
     assert done and events[-1]["data"]["state"] == "failed"
     assert events[-2]["ns"] == "ERROR" and events[-2]["data"]["code"] == "worker_lost"
     assert "stopped heartbeating" in events[-2]["data"]["message"]
+    assert "1 attempts" in events[-2]["data"]["message"]
     assert_exact(events)
     assert took < 2 + 5, f"noticed after {took:.1f}s; lease is 2s"
