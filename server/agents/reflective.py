@@ -25,6 +25,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic needs it for JSON schemas on Python < 3.12
 
@@ -69,6 +70,9 @@ class ReflectiveInput(BaseModel):
     max_rounds: int | None = Field(
         default=None, ge=1, le=10, description="Plan/critique rounds before answering; default: the server's setting."
     )
+    approve_tools: bool = Field(
+        default=False, description="Ask a human to approve each tool call before it runs (the run waits, interrupted)."
+    )
 
 
 class ReflectiveOutput(TypedDict):
@@ -83,6 +87,7 @@ class ReflectiveState(TypedDict, total=False):
     # or a tool result as if it were a model token).
     question: str
     max_rounds: int | None
+    approve_tools: bool
     plans: Annotated[list[dict[str, Any]], operator.add]  # {round, text, tool_calls: [{id, name, args}]}
     tool_results: Annotated[list[dict[str, Any]], operator.add]  # {call_id, tool, ok, content}
     feedback: Annotated[list[str], operator.add]  # the critic's reason, one per revised round
@@ -132,6 +137,15 @@ def parse_verdict(text: str) -> tuple[Literal["approve", "revise"], float, str]:
     return verdict, min(max(score, 0.0), 1.0), reason  # type: ignore[return-value]
 
 
+def _approved(reply: Any) -> bool:
+    """A human's answer to 'run this tool?': yes/true/approve (or {"approved": true})."""
+    if isinstance(reply, dict):
+        reply = reply.get("approved", reply.get("answer"))
+    if isinstance(reply, bool):
+        return reply
+    return str(reply).strip().lower() in {"yes", "y", "true", "approve", "approved", "ok"}
+
+
 def _json_safe(value: Any) -> Any:
     try:
         return json.loads(json.dumps(value))
@@ -162,6 +176,16 @@ def build_reflective(settings: Settings, checkpointer: Checkpointer = None) -> C
         results: list[dict[str, Any]] = []
         for call in plans[-1]["tool_calls"] if plans else []:
             name, args, call_id = call["name"], call["args"], call["id"]
+            if state.get("approve_tools"):
+                # Before anything is written: on resume this node runs again from the top.
+                reply = interrupt({"question": f"Run {name} with {json.dumps(args)}?", "tool": name,
+                                   "args": args, "call_id": call_id, "answers": ["yes", "no"]})
+                if not _approved(reply):
+                    write({"ns": "TOOL_USE", "phase": "declined", "tool": name, "args": args,
+                           "call_id": call_id, "answer": _json_safe(reply)})
+                    results.append({"call_id": call_id, "tool": name, "ok": False,
+                                    "content": "Error: the user declined to run this tool."})
+                    continue
             write({"ns": "TOOL_USE", "phase": "call", "tool": name, "args": args, "call_id": call_id})
             started = time.perf_counter()
             chunk: dict[str, Any] = {"ns": "TOOL_USE", "phase": "result", "tool": name, "call_id": call_id}

@@ -16,7 +16,8 @@ import orjson
 
 from ..bus.base import Bus
 from ..events import ERROR, RESULT, STATUS, STEP, THOUGHT, dumps
-from .store import CANCELLED, FAILED, RUNNING, SUCCEEDED, RunRecord, RunStore
+from .store import (CANCELLED, FAILED, INTERRUPTED, NO_ANSWER, RUNNING, SUCCEEDED, RunRecord,
+                    RunStore)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class ChunkMapper:
     steps: int = -2  # the last root checkpoint's step; LangGraph's first is -1
     current: str | None = None  # the node running now, when only one does
     completed: list[str] = field(default_factory=list)
+    interrupts: list[Any] = field(default_factory=list)
     output: Any = None
 
     def map(self, namespace: tuple[str, ...], mode: str, chunk: Any) -> tuple[str, str, dict] | None:
@@ -93,6 +95,8 @@ class ChunkMapper:
         if mode == "updates":
             if not namespace and isinstance(chunk, dict):
                 self.completed.extend(n for n in chunk if not n.startswith("__"))
+                for intr in chunk.get("__interrupt__") or ():
+                    self.interrupts.append(getattr(intr, "value", intr))
             return None
         if mode == "checkpoints":
             if namespace:
@@ -164,11 +168,13 @@ class Executor:
         await self.bus.append(rec.run_id, STATUS, "server", {"state": state, **extra})
 
     async def run(self, rec: RunRecord, cancel_reason: dict[str, str], *,
-                  worker: str | None = None, resume: bool = False) -> RunRecord:
+                  worker: str | None = None, resume: bool = False,
+                  answer: Any = NO_ANSWER) -> RunRecord:
         """Execute ``rec`` to its end. ``cancel_reason[run_id]`` says why a cancel came.
 
         ``resume``: the run was RUNNING on a worker that died; continue it from its last
-        checkpoint in the same log, announcing the rewind first.
+        checkpoint in the same log, announcing the rewind first. ``answer``: the run was
+        interrupted for a human; continue it with this value.
         """
         run_id = rec.run_id
         attempt = rec.attempt + 1
@@ -184,6 +190,14 @@ class Executor:
             graph_input, rewind_to, mapper.steps = await self.rewind_point(rec, graph)
             rec = await self.store.update(run_id, attempt=attempt, worker=worker)
             await self.status(rec, RESUMED, attempt=attempt, rewind_to=rewind_to)
+        elif answer is not NO_ANSWER:
+            from langgraph.types import Command
+
+            graph_input = Command(resume=answer)
+            attempt = rec.attempt  # same execution, continued; not a new attempt
+            mapper.steps = int(rec.progress.get("step", -2))  # its STEPs so far stay logged
+            rec = await self.store.transition(run_id, RUNNING, worker=worker)
+            await self.status(rec, RUNNING, attempt=attempt, answer=answer)
         else:
             rec = await self.store.transition(run_id, RUNNING, started_at=time.time(),
                                               attempt=attempt, worker=worker)
@@ -206,6 +220,12 @@ class Executor:
         except Exception as exc:  # the graph failed; the run fails, the server does not
             log.warning("run %s failed: %s", run_id, exc, exc_info=True)
             return await self._fail(rec, type(exc).__name__, str(exc) or type(exc).__name__)
+        if mapper.interrupts:
+            interrupts = orjson.loads(dumps(mapper.interrupts))
+            rec = await self.store.transition(run_id, INTERRUPTED, progress={
+                "step": mapper.steps, "interrupts": interrupts})
+            await self.status(rec, INTERRUPTED, interrupts=interrupts)
+            return rec
         result = orjson.loads(dumps(graph_output(graph, mapper.output)))  # JSON-safe
         await self.bus.append(run_id, RESULT, "graph", {"output": result})
         elapsed = time.monotonic() - started

@@ -6,7 +6,9 @@ import asyncio
 import logging
 
 from .executor import SHUTDOWN_REASON, Executor
-from .store import QUEUED, RunStore
+from typing import Any
+
+from .store import INTERRUPTED, NO_ANSWER, QUEUED, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ class LocalRunner:
         self.executor = executor
         self.store = store
         self.concurrency = concurrency
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._workers: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[object]] = {}
         self._cancel_reason: dict[str, str] = {}
@@ -43,8 +45,9 @@ class LocalRunner:
     def active(self) -> int:
         return len(self._running)
 
-    async def enqueue(self, run_id: str) -> None:
-        self._queue.put_nowait(run_id)
+    async def enqueue(self, run_id: str, answer: Any = NO_ANSWER) -> None:
+        """Queue a run to start, or (with ``answer``) an interrupted run to continue."""
+        self._queue.put_nowait((run_id, answer))
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run executing here; False if it is not running in this process."""
@@ -58,13 +61,14 @@ class LocalRunner:
 
     async def _work(self) -> None:
         while True:
-            run_id = await self._queue.get()
+            run_id, answer = await self._queue.get()
             try:
                 rec = await self.store.get(run_id)
-                if rec is None or rec.status != QUEUED:
-                    continue  # cancelled while it waited, or forgotten
+                wanted = QUEUED if answer is NO_ANSWER else INTERRUPTED
+                if rec is None or rec.status != wanted:
+                    continue  # cancelled or answered while it waited, or forgotten
                 task = asyncio.create_task(
-                    self.executor.run(rec, self._cancel_reason), name=f"run-{run_id}"
+                    self.executor.run(rec, self._cancel_reason, answer=answer), name=f"run-{run_id}"
                 )
                 self._running[run_id] = task
                 try:

@@ -8,7 +8,8 @@ from typing import Any, Protocol
 
 from ..bus.base import Bus
 from ..events import STATUS
-from .store import CANCELLED, QUEUED, InvalidTransition, RunRecord, RunStore, new_run_id
+from .store import (CANCELLED, INTERRUPTED, NO_ANSWER, QUEUED, InvalidTransition, RunRecord,
+                    RunStore, new_run_id)
 
 
 class ServiceError(Exception):
@@ -40,7 +41,7 @@ class Busy(ServiceError):
 
 
 class Runner(Protocol):
-    async def enqueue(self, run_id: str) -> None: ...
+    async def enqueue(self, run_id: str, answer: Any = NO_ANSWER) -> None: ...
     async def cancel(self, run_id: str, reason: str) -> bool: ...
     async def depth(self) -> int: ...
 
@@ -104,13 +105,13 @@ class RunService:
         if rec.terminal:
             raise Conflict(f"run {run_id!r} already ended {rec.status}", status=rec.status)
         reason = "cancelled by client"
-        if rec.status == QUEUED:
+        if rec.status in (QUEUED, INTERRUPTED):  # nothing executes it: end it right here
             try:
                 rec = await self.store.transition(
                     run_id, CANCELLED, ended_at=time.time(),
                     error={"code": "cancelled", "message": reason})
             except InvalidTransition:
-                pass  # it started meanwhile: cancel the execution instead
+                pass  # it (re)started meanwhile: cancel the execution instead
             else:
                 await self.bus.append(run_id, STATUS, "server",
                                       {"state": CANCELLED, "error": rec.error})
@@ -122,4 +123,13 @@ class RunService:
             if rec.terminal:
                 break
             await asyncio.sleep(0.05)
+        return rec
+
+    async def resume(self, run_id: str, answer: Any, *, tenant: str) -> RunRecord:
+        """Answer an interrupted run: it continues in the same log."""
+        rec = await self.get(run_id, tenant=tenant)
+        if rec.status != INTERRUPTED:
+            raise Conflict(f"run {run_id!r} is {rec.status}, not interrupted; nothing to resume",
+                           status=rec.status)
+        await self.runner.enqueue(run_id, answer)
         return rec

@@ -9,14 +9,19 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+INTERRUPTED = "interrupted"  # waiting for a human's answer (LangGraph interrupt())
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-STATUSES = frozenset({QUEUED, RUNNING}) | TERMINAL
+STATUSES = frozenset({QUEUED, RUNNING, INTERRUPTED}) | TERMINAL
 
 # Which transitions the lifecycle allows; anything else is a bug or a race lost.
 _ALLOWED = {
     QUEUED: {RUNNING, CANCELLED, FAILED},
-    RUNNING: {SUCCEEDED, FAILED, CANCELLED, QUEUED},
+    RUNNING: {SUCCEEDED, FAILED, CANCELLED, QUEUED, INTERRUPTED},
+    INTERRUPTED: {RUNNING, CANCELLED, FAILED},
 }
+
+# "No answer given": a resume value may legitimately be None.
+NO_ANSWER: object = object()
 
 DEFAULT_TENANT = "default"
 

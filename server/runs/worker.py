@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
+import orjson
 import os
 import socket
 import time
@@ -23,12 +25,18 @@ from redis.exceptions import ResponseError
 from ..bus.redis import TRANSIENT, RedisBus
 from ..events import ERROR, STATUS
 from .executor import SHUTDOWN_REASON, Executor
-from .store import FAILED, QUEUED, RUNNING, InvalidTransition, RunRecord, RunStore
+from .store import (FAILED, INTERRUPTED, NO_ANSWER, QUEUED, RUNNING, InvalidTransition, RunRecord,
+                    RunStore)
 
 log = logging.getLogger(__name__)
 
 GROUP = "workers"
 CONTROL = "workers"
+
+
+def _answer(fields: dict[bytes, bytes]) -> Any:
+    raw = fields.get(b"answer")
+    return NO_ANSWER if raw is None else orjson.loads(raw)
 
 
 class RedisQueue:
@@ -46,8 +54,11 @@ class RedisQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def enqueue(self, run_id: str) -> None:
-        await self.redis.xadd(self.stream, {"run_id": run_id})
+    async def enqueue(self, run_id: str, answer: Any = NO_ANSWER) -> None:
+        fields = {"run_id": run_id}
+        if answer is not NO_ANSWER:
+            fields["answer"] = orjson.dumps(answer)
+        await self.bus.with_retry(lambda: self.redis.xadd(self.stream, fields))
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Tell every worker; the one that owns the run cancels it."""
@@ -142,17 +153,19 @@ class Worker:
                 raise
             for _stream, entries in resp or ():
                 for msg_id, fields in entries:
-                    self._start(msg_id.decode(), fields[b"run_id"].decode())
+                    self._start(msg_id.decode(), fields[b"run_id"].decode(), answer=_answer(fields))
 
-    def _start(self, msg_id: str, run_id: str, *, resume: bool = False) -> None:
-        task = asyncio.create_task(self._execute(msg_id, run_id, resume), name=f"run-{run_id}")
+    def _start(self, msg_id: str, run_id: str, *, resume: bool = False, answer: Any = NO_ANSWER) -> None:
+        task = asyncio.create_task(self._execute(msg_id, run_id, resume, answer), name=f"run-{run_id}")
         self._running[run_id] = (task, msg_id)
 
-    async def _execute(self, msg_id: str, run_id: str, resume: bool) -> None:
+    async def _execute(self, msg_id: str, run_id: str, resume: bool, answer: Any) -> None:
+        wanted = RUNNING if resume else QUEUED if answer is NO_ANSWER else INTERRUPTED
         try:
             rec = await self.store.get(run_id)
-            if rec is not None and rec.status == (RUNNING if resume else QUEUED):
-                await self.executor.run(rec, self._reasons, worker=self.name, resume=resume)
+            if rec is not None and rec.status == wanted:
+                await self.executor.run(rec, self._reasons, worker=self.name, resume=resume,
+                                        answer=answer)
         except asyncio.CancelledError:
             pass  # the executor has already written the terminal events
         except Exception:
@@ -207,19 +220,19 @@ class Worker:
                 if run_id in self._running:
                     continue
                 try:
-                    await self.recover(mid, run_id)
+                    await self.recover(mid, run_id, _answer(fields))
                 except Exception:
                     log.exception("worker %s: recovering run %s failed", self.name, run_id)
 
-    async def recover(self, msg_id: str, run_id: str) -> None:
+    async def recover(self, msg_id: str, run_id: str, answer: Any = NO_ANSWER) -> None:
         """A run whose worker died. Queued: run it here. Running: resume it from its last
         checkpoint here, unless it has used up its attempts."""
         rec = await self.store.get(run_id)
         if rec is None or rec.terminal:
             await self._done(msg_id)
             return
-        if rec.status == QUEUED:
-            self._start(msg_id, run_id)
+        if rec.status == QUEUED or (rec.status == INTERRUPTED and answer is not NO_ANSWER):
+            self._start(msg_id, run_id, answer=answer)  # never started by the worker that died
             return
         if rec.status == RUNNING:
             if rec.attempt < self.max_attempts:

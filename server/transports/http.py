@@ -41,7 +41,13 @@ def tenant_of(request: Request) -> str:
 
 
 def service_error(exc: ServiceError) -> JSONResponse:
-    return error_response(exc.status, exc.code, exc.message, headers=exc.headers or None, **exc.detail)
+    """The JSON error for a ServiceError; its detail joins the body, never as keyword arguments.
+
+    Spreading ``**exc.detail`` into ``error_response`` broke on a detail named like one of its
+    parameters: ``Conflict(..., status="succeeded")`` (cancel of an ended run) was a 500.
+    """
+    body = {**exc.detail, "code": exc.code, "message": exc.message}
+    return JSONResponse({"error": body}, status_code=exc.status, headers=exc.headers or None)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -56,6 +62,22 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """What is wrong with the metadata keys the server itself reads (``timeout_s``), if anything.
+
+    The executor turns ``timeout_s`` into a float before its error handling starts, so a bad
+    value must be refused here: accepted, it would leave the run ``running`` with no terminal event.
+    """
+    if "timeout_s" not in metadata:
+        return None
+    value = metadata["timeout_s"]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return "metadata.timeout_s: must be a positive number of seconds"
+    return None
 
 
 def field_of(err: ValidationError) -> str:
@@ -80,6 +102,9 @@ async def submit_run(request: Request) -> Response:
         field = field_of(exc)
         msg = exc.errors()[0]["msg"]
         return error_response(422, "invalid_request", f"{field}: {msg}", field=field)
+    problem = metadata_problem(req.metadata)
+    if problem is not None:
+        return error_response(422, "invalid_request", problem, field="metadata.timeout_s")
     idem = request.headers.get("idempotency-key")
     if idem is not None and not (0 < len(idem) <= 255):
         return error_response(400, "bad_idempotency_key", "Idempotency-Key must be 1-255 characters")
@@ -131,6 +156,25 @@ async def cancel_run(request: Request) -> Response:
     return JSONBytes(rec.to_dict())
 
 
+async def resume_run(request: Request) -> Response:
+    """Answer an interrupted run: body {"value": <any JSON>}."""
+    settings = request.app.state.settings
+    try:
+        payload = orjson.loads(await read_body(request, settings.max_body_bytes))
+    except BodyTooLarge:
+        return error_response(413, "body_too_large", f"request body exceeds {settings.max_body_bytes} bytes")
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, "malformed_json", f"request body is not valid JSON: {exc}")
+    if not isinstance(payload, dict) or "value" not in payload:
+        return error_response(422, "invalid_request", 'body must be an object with a "value"', field="value")
+    try:
+        rec = await request.app.state.runs.resume(request.path_params["run_id"], payload["value"],
+                                                  tenant=tenant_of(request))
+    except ServiceError as exc:
+        return service_error(exc)
+    return JSONBytes(rec.to_dict(), status_code=202)
+
+
 async def list_agents(request: Request) -> Response:
     return JSONBytes({"agents": request.app.state.registry.describe()})
 
@@ -151,6 +195,7 @@ routes = [
     Route("/runs", list_runs, methods=["GET"]),
     Route("/runs/{run_id}", get_run, methods=["GET"]),
     Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+    Route("/runs/{run_id}/resume", resume_run, methods=["POST"]),
     Route("/agents", list_agents, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),

@@ -10,7 +10,7 @@ import logging
 import re
 from typing import AsyncIterator
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 NS_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 RETRY_MS = 2000
+MAX_CURSOR_DIGITS = 18  # seqs are far below 10**18; longer is garbage, not a cursor
+
+
+def ping_comment() -> ServerSentEvent:
+    """The keep-alive comment, exactly ``: ping`` as the wire format documents."""
+    return ServerSentEvent(comment="ping", sep="\n")
 
 
 def frame(event: Event) -> bytes:
@@ -32,14 +38,19 @@ def frame(event: Event) -> bytes:
 
 
 def parse_cursor(request: Request) -> int | None:
-    """Last-Event-ID header first (browsers resend it), then ?last_event_id= or ?after=."""
+    """Last-Event-ID header first (browsers resend it), then ?last_event_id= or ?after=.
+
+    A blank value means no cursor. Anything else must be a plain ASCII decimal seq:
+    ``str.isdigit`` alone lets through digits of other scripts (Arabic-Indic three is 3
+    to ``int``) and superscripts (which ``int`` rejects with an unhelpful message).
+    """
     raw = request.headers.get("last-event-id")
-    if raw is None or raw == "":
+    if raw is None or not raw.strip():
         raw = request.query_params.get("last_event_id") or request.query_params.get("after")
-    if raw is None or raw == "":
+    if raw is None or not raw.strip():
         return None
     raw = raw.strip()
-    if not raw.isdigit():  # isdigit also rejects signs, so negatives fail here
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_CURSOR_DIGITS:
         raise ValueError(f"cursor {raw[:40]!r} is not a non-negative integer seq")
     return int(raw)
 
@@ -75,6 +86,8 @@ async def stream_events(request: Request) -> Response:
         _frames(sub, ns_filter),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         ping=settings.sse_ping_s,
+        ping_message_factory=ping_comment,
+        sep="\n",  # the same line ending as our own frames
         send_timeout=settings.sse_send_timeout_s,
     )
 
