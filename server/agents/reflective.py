@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic needs it for JSON schemas on Python < 3.12
 
 from .llm import make_chat_model
+from .retry import reporting_retries, retry_policy
 from .tools import langchain_tools, run_tool
 
 if TYPE_CHECKING:
@@ -228,10 +229,16 @@ def build_reflective(settings: Settings, checkpointer: Checkpointer = None) -> C
         return {"answer": reply.text.strip()}
 
     builder = StateGraph(ReflectiveState, input_schema=ReflectiveInput, output_schema=ReflectiveOutput)
-    builder.add_node("planner", planner, metadata={"ns": "THOUGHT"})
+    # Model calls fail transiently (timeouts, rate limits): retried with backoff, each retry
+    # reported as a STATUS event. Tool errors are data for the model, never retried here.
+    policy = retry_policy()
+    builder.add_node("planner", reporting_retries("planner", planner), metadata={"ns": "THOUGHT"},
+                     retry_policy=policy)
     builder.add_node("tools", tools, metadata={"ns": "TOOL_USE"})
-    builder.add_node("critic", critic, metadata={"ns": "CRITIC_EVAL"})
-    builder.add_node("answer", answer, metadata={"ns": "THOUGHT"})
+    builder.add_node("critic", reporting_retries("critic", critic), metadata={"ns": "CRITIC_EVAL"},
+                     retry_policy=policy)
+    builder.add_node("answer", reporting_retries("answer", answer), metadata={"ns": "THOUGHT"},
+                     retry_policy=policy)
     builder.add_edge(START, "planner")
     builder.add_edge("planner", "tools")
     builder.add_edge("tools", "critic")

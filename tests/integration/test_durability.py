@@ -145,3 +145,31 @@ async def test_postgres_checkpointer_keeps_every_step():
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="module")
+def flaky_server():
+    with ServerProcess("--agent", "flaky=tests/fixtures/flaky_graph.py:graph") as s:
+        yield s
+
+
+async def test_transient_errors_are_retried_with_status_events(flaky_server):
+    """A node that fails transiently twice is retried with backoff and the run succeeds."""
+    resp = httpx.post(f"{flaky_server.url}/runs",
+                      json={"agent": "flaky", "input": {"mode": "transient", "key": uuid.uuid4().hex}})
+    events, done = await read_sse(f"{flaky_server.url}/runs/{resp.json()['run_id']}/events")
+    retries = [e["data"] for e in events if e["data"].get("state") == "retrying"]
+    assert [r["attempt"] for r in retries] == [2, 3]
+    assert all("ConnectionError" in r["reason"] and r["node"] == "call_service" for r in retries)
+    assert done and events[-1]["data"]["state"] == "succeeded"
+    assert events[-2]["data"]["output"]["result"] == "ok after 3 calls"
+
+
+async def test_permanent_errors_fail_at_once(flaky_server):
+    """A permission error is not retried: the run fails on the first attempt with the reason."""
+    resp = httpx.post(f"{flaky_server.url}/runs",
+                      json={"agent": "flaky", "input": {"mode": "permanent", "key": uuid.uuid4().hex}})
+    events, done = await read_sse(f"{flaky_server.url}/runs/{resp.json()['run_id']}/events")
+    assert not [e for e in events if e["data"].get("state") == "retrying"]
+    assert done and events[-1]["data"]["state"] == "failed"
+    assert events[-2]["ns"] == "ERROR" and "permission denied" in events[-2]["data"]["message"]

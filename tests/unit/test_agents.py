@@ -302,7 +302,7 @@ async def test_registry_loads_the_fixture_graph() -> None:
 def test_input_validation_names_the_field() -> None:
     registry = AgentRegistry.from_settings(Settings(agents=(f"echo={FIXTURE}:graph",)))
     reflective, echo = registry.get("reflective"), registry.get("echo")
-    assert reflective.validate_input({"question": "hi"}) == {"question": "hi", "max_rounds": None}
+    assert reflective.validate_input({"question": "hi"}) == {"question": "hi", "max_rounds": None, "approve_tools": False}
     cases = [
         (reflective, {}, "question"),
         (reflective, {"question": ""}, "question"),
