@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int,
                        help="with --redis-url: worker processes to start (default 1; 0 = API only)")
     serve.add_argument("--max-concurrent-runs", type=int, help="runs executing at once; the rest wait queued")
+    serve.add_argument("--checkpoint-url", help="sqlite:///path (default: in --data-dir), postgresql://..., memory://")
+    serve.add_argument("--data-dir", help="where the SQLite checkpoints live (default .thoughtstream)")
     serve.add_argument("--llm", choices=["scripted", "openai"], help="chat model of the built-in agent")
     serve.add_argument("--log-level", help="debug, info, warning, error")
     worker = sub.add_parser("worker", help="execute runs from the Redis queue (no HTTP)")
@@ -35,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--agent", action="append", default=[], metavar="NAME=SPEC",
                         help="graphs this worker can run (same as serve's)")
     worker.add_argument("--max-concurrent-runs", type=int, help="runs this worker executes at once")
+    worker.add_argument("--checkpoint-url", help="sqlite:///path (default: in --data-dir), postgresql://..., memory://")
+    worker.add_argument("--data-dir", help="where the SQLite checkpoints live (default .thoughtstream)")
     worker.add_argument("--llm", choices=["scripted", "openai"], help="chat model of the built-in agent")
     worker.add_argument("--log-level", help="debug, info, warning, error")
     return p
@@ -42,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for flag in ("host", "port", "redis_url", "workers", "max_concurrent_runs", "llm", "log_level"):
+    for flag in ("host", "port", "redis_url", "workers", "max_concurrent_runs", "llm", "log_level",
+                 "checkpoint_url", "data_dir"):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[flag] = value
