@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 from .config import Settings
-from .runs.checkpoints import open_checkpointer
+from .runs.checkpoints import log_barrier, open_checkpointer
 from .runs.executor import Executor
 from .runs.service import RunService
 
@@ -37,9 +38,13 @@ async def open_backend(settings: Settings, registry: Any, *, worker: bool = Fals
         yield backend
 
 
-def _executor(settings: Settings, bus: Any, store: Any, registry: Any, checkpointer: Any) -> Executor:
+def _executor(settings: Settings, bus: Any, store: Any, registry: Any, checkpointer: Any,
+              durable_records: bool) -> Executor:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    durable_checkpoints = checkpointer is not None and not isinstance(checkpointer, InMemorySaver)
     return Executor(bus=bus, store=store, registry=registry, run_timeout_s=settings.run_timeout_s,
-                    checkpointer=checkpointer)
+                    checkpointer=checkpointer, resumable=durable_records and durable_checkpoints)
 
 
 @asynccontextmanager
@@ -48,12 +53,21 @@ async def _open_memory(settings: Settings, registry: Any) -> AsyncIterator[Backe
     from .runs.queue import LocalRunner
     from .runs.store import MemoryRunStore
 
-    async with MemoryBus(max_events=settings.log_max_events, ttl_s=settings.log_ttl_s,
-                         subscriber_buffer=settings.subscriber_buffer) as bus, \
+    from .journal import Journal
+
+    async with Journal(Path(settings.data_dir) / "journal.sqlite") as journal, \
+            MemoryBus(max_events=settings.log_max_events, ttl_s=settings.log_ttl_s,
+                      subscriber_buffer=settings.subscriber_buffer, journal=journal) as bus, \
             open_checkpointer(settings) as checkpointer:
-        store = MemoryRunStore()
-        async with LocalRunner(executor=_executor(settings, bus, store, registry, checkpointer), store=store,
+        log_barrier(checkpointer, bus.flush)
+        store = MemoryRunStore(journal=journal)
+        records, logs = await journal.load()
+        bus.restore(logs)
+        store.restore(records)
+        executor = _executor(settings, bus, store, registry, checkpointer, durable_records=True)
+        async with LocalRunner(executor=executor, store=store,
                                concurrency=settings.max_concurrent_runs) as runner:
+            await runner.recover(store.all(), settings.max_attempts)
             service = RunService(store=store, bus=bus, runner=runner, registry=registry,
                                  max_queued=settings.max_queued_runs)
             yield Backend("memory", bus, store, runner, service)
@@ -81,7 +95,8 @@ async def _open_redis(settings: Settings, registry: Any, with_worker: bool) -> A
                 checkpointer = await stack.enter_async_context(open_checkpointer(settings))
                 worker = await stack.enter_async_context(Worker(
                     queue=queue, bus=bus, store=store,
-                    executor=_executor(settings, bus, store, registry, checkpointer),
+                    executor=_executor(settings, bus, store, registry, checkpointer,
+                                       durable_records=True),
                     concurrency=settings.max_concurrent_runs, lease_s=settings.worker_lease_s,
                     max_attempts=settings.max_attempts))
             yield Backend("redis", bus, store, queue, service, worker)

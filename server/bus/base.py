@@ -132,6 +132,14 @@ class Bus(Protocol):
 
     async def ping(self) -> bool: ...
 
+    async def flush(self) -> None:
+        """Wait until every event appended so far is visible to readers.
+
+        A backend may show an event only once it is durable (the journaled memory bus
+        does, so no client ever sees an event a crash could take back).
+        """
+        ...
+
 
 async def subscribe(bus: Bus, run_id: str, after: int | None) -> Subscription:
     """Validate the cursor and open a subscription (before any response is sent)."""

@@ -16,11 +16,12 @@ log = logging.getLogger(__name__)
 
 
 class _Log:
-    __slots__ = ("events", "last_seq", "ended_at", "sinks")
+    __slots__ = ("events", "last_seq", "visible_seq", "ended_at", "sinks")
 
     def __init__(self, max_events: int) -> None:
         self.events: deque[Event] = deque(maxlen=max_events)
         self.last_seq = 0
+        self.visible_seq = 0  # with a journal: the last seq kept on disk, all readers see
         self.ended_at: float | None = None
         self.sinks: set[Sink] = set()
 
@@ -32,7 +33,11 @@ class _Log:
 class MemoryBus:
     """One process, no Redis: the default. Logs expire ``ttl`` seconds after their run ends."""
 
-    def __init__(self, *, max_events: int, ttl_s: float, subscriber_buffer: int) -> None:
+    def __init__(self, *, max_events: int, ttl_s: float, subscriber_buffer: int,
+                 journal: Any = None) -> None:
+        self.journal = journal  # optional: keeps logs on disk across restarts
+        if journal is not None:
+            journal.on_commit = self._show
         self.max_events = max_events
         self.ttl_s = ttl_s
         self.subscriber_buffer = subscriber_buffer
@@ -60,9 +65,20 @@ class MemoryBus:
         lg.events.append(event)
         if event.is_terminal:
             lg.ended_at = time.monotonic()
-        for sink in lg.sinks:
-            sink.push(event)
+        if self.journal is not None:
+            self.journal.put_event(event)  # shown to readers once kept (_show)
+        else:
+            self._show([event])
         return event
+
+    def _show(self, events: list[Event]) -> None:
+        for event in events:
+            lg = self._logs.get(event.run_id)
+            if lg is None or event.seq <= lg.visible_seq:
+                continue
+            lg.visible_seq = event.seq
+            for sink in lg.sinks:
+                sink.push(event)
 
     async def read(self, run_id: str, after: int, limit: int | None = None) -> list[Event]:
         lg = self._logs.get(run_id)
@@ -72,7 +88,8 @@ class MemoryBus:
         if after < first - 1:
             raise CursorExpired(run_id, after, first)
         start = after - first + 1  # index of seq after+1
-        end = len(lg.events) if limit is None else min(len(lg.events), start + limit)
+        visible = lg.visible_seq - first + 1
+        end = visible if limit is None else min(visible, start + limit)
         if start >= end:
             return []
         return list(islice(lg.events, start, end))
@@ -81,7 +98,8 @@ class MemoryBus:
         lg = self._logs.get(run_id)
         if lg is None:
             return None
-        return LogBounds(lg.first_seq, lg.last_seq, lg.ended_at is not None)
+        return LogBounds(lg.first_seq, lg.visible_seq,
+                         lg.ended_at is not None and lg.visible_seq == lg.last_seq)
 
     async def attach(self, run_id: str, sink: Sink) -> None:
         lg = self._logs.get(run_id)
@@ -97,6 +115,10 @@ class MemoryBus:
     async def ping(self) -> bool:
         return True
 
+    async def flush(self) -> None:
+        if self.journal is not None:
+            await self.journal.flush()
+
     def reap(self, now: float | None = None) -> int:
         """Drop logs whose run ended more than ttl ago; returns how many."""
         now = time.monotonic() if now is None else now
@@ -106,7 +128,19 @@ class MemoryBus:
         ]
         for rid in expired:
             del self._logs[rid]
+        if expired and self.journal is not None:
+            self.journal.drop_logs(expired)
         return len(expired)
+
+    def restore(self, logs: dict[str, list[Event]]) -> None:
+        """Load logs kept by the journal; an ended log's ttl still counts from its end."""
+        now_wall, now_mono = time.time(), time.monotonic()
+        for run_id, events in logs.items():
+            lg = self._logs[run_id] = _Log(self.max_events)
+            lg.events.extend(events[-self.max_events:])
+            lg.last_seq = lg.visible_seq = events[-1].seq if events else 0
+            if events and events[-1].is_terminal:
+                lg.ended_at = now_mono - max(0.0, now_wall - events[-1].ts)
 
     async def _reap_forever(self) -> None:
         interval = max(0.05, min(30.0, self.ttl_s / 4))

@@ -104,6 +104,9 @@ class RedisBus:
             await self._pubsub.aclose()
         await self.redis.aclose()
 
+    async def flush(self) -> None:
+        """Appends are visible once they return: nothing to wait for."""
+
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self.redis.ping(), 2))

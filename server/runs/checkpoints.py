@@ -49,3 +49,20 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[Any]:
             yield saver
     else:
         raise ValueError(f"checkpoint URL {url!r}: scheme must be sqlite, postgresql or memory")
+
+
+def log_barrier(saver: Any, flush: Any) -> Any:
+    """Make ``saver`` wait for ``flush()`` (the event log) before it writes a checkpoint.
+
+    With durability="sync" LangGraph awaits each checkpoint before the next step, so
+    after this, a checkpoint on disk implies every event its step emitted is on disk
+    too: a resumed run never skips events a crash took away.
+    """
+    inner = saver.aput
+
+    async def aput(config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        await flush()
+        return await inner(config, checkpoint, metadata, new_versions)
+
+    saver.aput = aput
+    return saver

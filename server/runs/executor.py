@@ -67,7 +67,6 @@ class ChunkMapper:
 
     steps: int = -2  # the last root checkpoint's step; LangGraph's first is -1
     current: str | None = None  # the node running now, when only one does
-    completed: list[str] = field(default_factory=list)
     interrupts: list[Any] = field(default_factory=list)
     output: Any = None
 
@@ -94,7 +93,6 @@ class ChunkMapper:
             return ns, agent_path(namespace, node or self.current), data
         if mode == "updates":
             if not namespace and isinstance(chunk, dict):
-                self.completed.extend(n for n in chunk if not n.startswith("__"))
                 for intr in chunk.get("__interrupt__") or ():
                     self.interrupts.append(getattr(intr, "value", intr))
             return None
@@ -104,14 +102,12 @@ class ChunkMapper:
             # A root checkpoint is a durable step boundary: STEP marks it in the log, so a
             # resumed run knows which seq its last completed step ended at (contract item 7).
             step = int(chunk.get("metadata", {}).get("step", self.steps + 1))
+            nxt = [str(n) for n in chunk.get("next", ())]
+            self.current = nxt[0] if len(nxt) == 1 else None
             if step <= self.steps:
                 return None  # a resumed run re-announces the checkpoint it starts from
-            nxt = [str(n) for n in chunk.get("next", ())]
             self.steps = step
-            self.current = nxt[0] if len(nxt) == 1 else None
-            data = {"step": step, "completed": self.completed, "next": nxt}
-            self.completed = []
-            return STEP, "graph", data
+            return STEP, "graph", {"step": step, "next": nxt}
         if mode == "values" and not namespace:
             self.output = chunk
         return None
@@ -121,12 +117,15 @@ class Executor:
     """Runs graphs for records; one call of ``run`` per attempt."""
 
     def __init__(self, *, bus: Bus, store: RunStore, registry: Any, run_timeout_s: float,
-                 checkpointer: Any = None) -> None:
+                 checkpointer: Any = None, resumable: bool = False) -> None:
         self.bus = bus
         self.store = store
         self.registry = registry
         self.run_timeout_s = run_timeout_s
         self.checkpointer = checkpointer
+        # True when records, logs and checkpoints all outlive this process: a shutdown then
+        # leaves runs for resuming instead of failing them.
+        self.resumable = resumable
         self._graphs: dict[str, Any] = {}
 
     def graph(self, agent: str) -> Any:
@@ -144,24 +143,28 @@ class Executor:
         return {"configurable": {"thread_id": run_id}, "metadata": {"run_id": run_id}}
 
     async def rewind_point(self, rec: RunRecord, graph: Any) -> tuple[Any, int, int]:
-        """Where a resumed attempt starts: (graph input, rewind_to seq, checkpoint step).
+        """Where a resumed attempt starts: (graph input, rewind_to seq, step already logged).
 
-        The last checkpoint's step names its STEP event in the log; everything after that
-        event came from the interrupted step, which runs again, so clients discard it.
-        With no checkpoint the run starts over from its input, after its first STATUS.
+        It continues from the newest checkpoint. That checkpoint's STEP event marks where
+        its step ended in the log; what follows came from the step that runs again, so
+        clients discard it (contract item 7). Every event a step emitted is in the log
+        before its checkpoint is written (the Redis log is synchronous; the journaled log
+        is flushed first, see ``log_barrier``), so a checkpoint whose STEP is missing means
+        nothing after it was logged: rewind to the end, and let the re-announced
+        checkpoint log its STEP. With no checkpoint the run starts over after its first STATUS.
         """
+        bounds = await self.bus.bounds(rec.run_id)
+        events = await self.bus.read(rec.run_id, bounds.first_seq - 1) if bounds else []
+        last = events[-1].seq if events else 0
         state = await graph.aget_state(self.config(rec.run_id)) if self.checkpointer else None
-        events = await self.bus.read(rec.run_id, 0)
         if state is not None and state.config.get("configurable", {}).get("checkpoint_id"):
             step = state.metadata.get("step")
             for e in reversed(events):
                 if e.ns == STEP and e.data.get("step") == step:
                     return None, e.seq, step
-            # Checkpoint saved but its STEP not yet logged: nothing after it was logged either.
-            # Its re-announcement (step - 1 < step) then logs the STEP.
-            return None, events[-1].seq if events else 0, step - 1
+            return None, last, step - 1
         first_running = next((e.seq for e in events if e.ns == STATUS
-                              and e.data.get("state") == RUNNING), events[-1].seq if events else 0)
+                              and e.data.get("state") == RUNNING), last)
         return rec.input, first_running, -2
 
     async def status(self, rec: RunRecord, state: str, **extra: Any) -> None:
@@ -203,13 +206,17 @@ class Executor:
                                               attempt=attempt, worker=worker)
             await self.status(rec, RUNNING, attempt=attempt)
         started = time.monotonic()
+        # The service validated it; min() keeps a per-run timeout within the server's maximum.
         timeout = min(float(rec.metadata.get("timeout_s") or self.run_timeout_s), self.run_timeout_s)
         try:
             async with asyncio.timeout(timeout):
                 await self._stream(rec, graph, graph_input, mapper)
         except asyncio.CancelledError:
             reason = cancel_reason.pop(run_id, "cancelled")
-            if reason == SHUTDOWN_REASON:
+            if reason == SHUTDOWN_REASON and self.resumable:
+                # Leave it running: the next start (or another worker) resumes it.
+                log.info("run %s left for resume after shutdown", run_id)
+            elif reason == SHUTDOWN_REASON:
                 await self._fail(rec, "shutdown", "the server shut down while the run was executing")
             else:
                 await self._finish(rec, CANCELLED, error={"code": "cancelled", "message": reason})
@@ -245,6 +252,10 @@ class Executor:
             await self.bus.append(rec.run_id, ns, agent, data)
             if ns == STEP:
                 await self.store.update(rec.run_id, progress={"step": mapper.steps, "next": data["next"]})
+
+    async def give_up(self, rec: RunRecord, code: str, message: str) -> RunRecord:
+        """End a run that cannot go on (e.g. out of attempts) with an ERROR and STATUS failed."""
+        return await self._fail(rec, code, message)
 
     async def _fail(self, rec: RunRecord, code: str, message: str) -> RunRecord:
         await self.bus.append(rec.run_id, ERROR, "server", {"code": code, "message": message})

@@ -8,7 +8,7 @@ import logging
 from .executor import SHUTDOWN_REASON, Executor
 from typing import Any
 
-from .store import INTERRUPTED, NO_ANSWER, QUEUED, RunStore
+from .store import INTERRUPTED, NO_ANSWER, QUEUED, RUNNING, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class LocalRunner:
         self.executor = executor
         self.store = store
         self.concurrency = concurrency
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, Any, bool]] = asyncio.Queue()
         self._workers: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[object]] = {}
         self._cancel_reason: dict[str, str] = {}
@@ -47,7 +47,19 @@ class LocalRunner:
 
     async def enqueue(self, run_id: str, answer: Any = NO_ANSWER) -> None:
         """Queue a run to start, or (with ``answer``) an interrupted run to continue."""
-        self._queue.put_nowait((run_id, answer))
+        self._queue.put_nowait((run_id, answer, False))
+
+    async def recover(self, records: list[RunRecord], max_attempts: int) -> None:
+        """At start-up: queue again what a restart interrupted; resume what was running."""
+        for rec in sorted(records, key=lambda r: r.created_at):
+            if rec.status == QUEUED:
+                self._queue.put_nowait((rec.run_id, NO_ANSWER, False))
+            elif rec.status == RUNNING and rec.attempt < max_attempts:
+                log.warning("run %s was running when the process stopped; resuming it", rec.run_id)
+                self._queue.put_nowait((rec.run_id, NO_ANSWER, True))
+            elif rec.status == RUNNING:
+                await self.executor.give_up(rec, "attempts_exhausted",
+                                            f"the process stopped during each of its {max_attempts} attempts")
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run executing here; False if it is not running in this process."""
@@ -61,15 +73,15 @@ class LocalRunner:
 
     async def _work(self) -> None:
         while True:
-            run_id, answer = await self._queue.get()
+            run_id, answer, resume = await self._queue.get()
             try:
                 rec = await self.store.get(run_id)
-                wanted = QUEUED if answer is NO_ANSWER else INTERRUPTED
+                wanted = RUNNING if resume else QUEUED if answer is NO_ANSWER else INTERRUPTED
                 if rec is None or rec.status != wanted:
                     continue  # cancelled or answered while it waited, or forgotten
                 task = asyncio.create_task(
-                    self.executor.run(rec, self._cancel_reason, answer=answer), name=f"run-{run_id}"
-                )
+                    self.executor.run(rec, self._cancel_reason, answer=answer, resume=resume),
+                    name=f"run-{run_id}")
                 self._running[run_id] = task
                 try:
                     await asyncio.shield(task)

@@ -65,7 +65,7 @@ class RedisRunStore:
     @_retried
     async def create(self, record: RunRecord) -> tuple[RunRecord, bool]:
         if record.idempotency_key is not None:
-            idem = f"{self.prefix}:idem:{record.tenant}:{record.idempotency_key}"
+            idem = self.idem_key(record.tenant, record.idempotency_key)
             claimed = await self.redis.set(idem, record.run_id, nx=True, ex=24 * 3600)
             if not claimed:
                 existing = await self.redis.get(idem)
@@ -80,6 +80,14 @@ class RedisRunStore:
             p.zadd(self.index_key(record.tenant), {record.run_id: record.created_at})
             await p.execute()
         return record, True
+
+    def idem_key(self, tenant: str, key: str) -> str:
+        return f"{self.prefix}:idem:{tenant}:{key}"
+
+    @_retried
+    async def find_idempotent(self, tenant: str, key: str) -> RunRecord | None:
+        run_id = await self.redis.get(self.idem_key(tenant, key))
+        return await self.get(run_id.decode()) if run_id else None
 
     @_retried
     async def get(self, run_id: str) -> RunRecord | None:

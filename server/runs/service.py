@@ -69,18 +69,33 @@ class RunService:
             clean = spec.validate_input(input)
         except InvalidInput as exc:
             raise Invalid(f"input.{exc.field}: {exc.message}", field=f"input.{exc.field}") from None
+        metadata = metadata or {}
+        timeout = metadata.get("timeout_s")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0):
+            raise Invalid("metadata.timeout_s: must be a positive number of seconds",
+                          field="metadata.timeout_s")
+        if idempotency_key is not None:
+            # A retry of an accepted request gets its run back, even when the queue is full.
+            existing = await self.store.find_idempotent(tenant, idempotency_key)
+            if existing is not None:
+                return self._same_request(existing, agent, clean, metadata), False
         if await self.runner.depth() >= self.max_queued:
             raise Busy(f"{self.max_queued} runs are already queued; retry later")
-        rec = RunRecord(run_id=new_run_id(), agent=agent, input=clean, metadata=metadata or {},
+        rec = RunRecord(run_id=new_run_id(), agent=agent, input=clean, metadata=metadata,
                         tenant=tenant, idempotency_key=idempotency_key)
         stored, created = await self.store.create(rec)
-        if not created:
-            if (stored.agent, stored.input) != (agent, clean):
-                raise Conflict("this Idempotency-Key was used for a different request")
-            return stored, False
+        if not created:  # a concurrent request with the same key won the race
+            return self._same_request(stored, agent, clean, metadata), False
         await self.bus.append(stored.run_id, STATUS, "server", {"state": QUEUED})
         await self.runner.enqueue(stored.run_id)
         return stored, True
+
+    @staticmethod
+    def _same_request(stored: RunRecord, agent: str, input: Any, metadata: dict[str, Any]) -> RunRecord:
+        if (stored.agent, stored.input, stored.metadata) != (agent, input, metadata):
+            raise Conflict("this Idempotency-Key was used for a different request")
+        return stored
 
     async def get(self, run_id: str, *, tenant: str) -> RunRecord:
         rec = await self.store.get(run_id)

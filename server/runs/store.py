@@ -71,6 +71,10 @@ class RunStore(Protocol):
 
     async def get(self, run_id: str) -> RunRecord | None: ...
 
+    async def find_idempotent(self, tenant: str, key: str) -> RunRecord | None:
+        """The run created earlier with this Idempotency-Key, if any."""
+        ...
+
     async def list(
         self, *, tenant: str, status: str | None = None, limit: int = 50, before: float | None = None
     ) -> list[RunRecord]: ...
@@ -85,7 +89,8 @@ class RunStore(Protocol):
 class MemoryRunStore:
     """Records in a dict; finished ones beyond ``max_records`` are forgotten oldest first."""
 
-    def __init__(self, max_records: int = 10_000) -> None:
+    def __init__(self, max_records: int = 10_000, journal: Any = None) -> None:
+        self.journal = journal  # optional: keeps records on disk across restarts
         self.max_records = max_records
         self._runs: dict[str, RunRecord] = {}
         self._idem: dict[tuple[str, str], str] = {}
@@ -99,23 +104,45 @@ class MemoryRunStore:
                 if existing is not None and existing in self._runs:
                     return self._runs[existing], False
                 self._idem[key] = record.run_id
-            self._runs[record.run_id] = record
-            self._prune()
-            return record, True
+            self._put(record)
+            forgotten = self._prune()
+        if forgotten and self.journal is not None:
+            await self.journal.forget_runs(forgotten)
+        return record, True
 
-    def _prune(self) -> None:
+    def _put(self, rec: RunRecord) -> None:
+        self._runs[rec.run_id] = rec
+        if self.journal is not None:
+            self.journal.put_run(rec.run_id, asdict(rec))
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        for raw in records:
+            rec = RunRecord(**{k: v for k, v in raw.items() if k in RunRecord.__dataclass_fields__})
+            self._runs[rec.run_id] = rec
+            if rec.idempotency_key is not None:
+                self._idem[(rec.tenant, rec.idempotency_key)] = rec.run_id
+
+    def all(self) -> list[RunRecord]:
+        return list(self._runs.values())
+
+    def _prune(self) -> list[str]:
         excess = len(self._runs) - self.max_records
         if excess <= 0:
-            return
+            return []
         done = [r for r in self._runs.values() if r.terminal]
         done.sort(key=lambda r: r.created_at)
         for r in done[:excess]:
             del self._runs[r.run_id]
             if r.idempotency_key is not None:
                 self._idem.pop((r.tenant, r.idempotency_key), None)
+        return [r.run_id for r in done[:excess]]
 
     async def get(self, run_id: str) -> RunRecord | None:
         return self._runs.get(run_id)
+
+    async def find_idempotent(self, tenant: str, key: str) -> RunRecord | None:
+        run_id = self._idem.get((tenant, key))
+        return self._runs.get(run_id) if run_id is not None else None
 
     async def list(
         self, *, tenant: str, status: str | None = None, limit: int = 50, before: float | None = None
@@ -131,7 +158,7 @@ class MemoryRunStore:
 
     async def update(self, run_id: str, **changes: Any) -> RunRecord:
         rec = replace(self._runs[run_id], **changes)
-        self._runs[run_id] = rec
+        self._put(rec)
         return rec
 
     async def transition(self, run_id: str, status: str, **changes: Any) -> RunRecord:
@@ -140,5 +167,5 @@ class MemoryRunStore:
             if status not in _ALLOWED.get(rec.status, ()):
                 raise InvalidTransition(run_id, rec.status, status)
             rec = replace(rec, status=status, **changes)
-            self._runs[run_id] = rec
+            self._put(rec)
             return rec

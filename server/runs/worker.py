@@ -96,6 +96,7 @@ class Worker:
         self._reasons: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot = asyncio.Event()
+        self._stopping = False
 
     async def __aenter__(self) -> Worker:
         await self.queue.ensure_group()
@@ -109,6 +110,7 @@ class Worker:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._stopping = True
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -167,13 +169,17 @@ class Worker:
                 await self.executor.run(rec, self._reasons, worker=self.name, resume=resume,
                                         answer=answer)
         except asyncio.CancelledError:
-            pass  # the executor has already written the terminal events
+            if self._stopping and self.executor.resumable:
+                # Left running on purpose: its entry stays pending, and after the lease
+                # another worker claims and resumes it.
+                self._running.pop(run_id, None)
+                return
         except Exception:
             log.exception("worker %s: run %s crashed the executor", self.name, run_id)
         finally:
             self._running.pop(run_id, None)
             self._slot.set()
-            await self._done(msg_id)
+        await self._done(msg_id)
 
     async def _done(self, msg_id: str) -> None:
         try:

@@ -64,22 +64,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def metadata_problem(metadata: dict[str, Any]) -> str | None:
-    """What is wrong with the metadata keys the server itself reads (``timeout_s``), if anything.
-
-    The executor turns ``timeout_s`` into a float before its error handling starts, so a bad
-    value must be refused here: accepted, it would leave the run ``running`` with no terminal event.
-    """
-    if "timeout_s" not in metadata:
-        return None
-    value = metadata["timeout_s"]
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        return "metadata.timeout_s: must be a positive number of seconds"
-    return None
-
-
 def field_of(err: ValidationError) -> str:
     first = err.errors()[0]
     return ".".join(str(p) for p in first["loc"]) or "body"
@@ -102,9 +86,6 @@ async def submit_run(request: Request) -> Response:
         field = field_of(exc)
         msg = exc.errors()[0]["msg"]
         return error_response(422, "invalid_request", f"{field}: {msg}", field=field)
-    problem = metadata_problem(req.metadata)
-    if problem is not None:
-        return error_response(422, "invalid_request", problem, field="metadata.timeout_s")
     idem = request.headers.get("idempotency-key")
     if idem is not None and not (0 < len(idem) <= 255):
         return error_response(400, "bad_idempotency_key", "Idempotency-Key must be 1-255 characters")

@@ -7,7 +7,8 @@ from typing import Any, AsyncIterator, Callable
 
 import pytest
 
-BACKENDS = ["memory", "redis"]
+# "journaled" is the embedded default: the memory bus behind its on-disk journal.
+BACKENDS = ["memory", "journaled", "redis"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,6 +28,15 @@ def make_bus(backend_name: str, request: pytest.FixtureRequest) -> Callable[...,
 
             async with MemoryBus(max_events=max_events, ttl_s=ttl_s,
                                  subscriber_buffer=subscriber_buffer) as bus:
+                yield bus
+        elif backend_name == "journaled":
+            from server.bus.memory import MemoryBus
+            from server.journal import Journal
+
+            path = request.getfixturevalue("tmp_path") / "journal.sqlite"
+            async with Journal(path) as journal, MemoryBus(
+                    max_events=max_events, ttl_s=ttl_s, subscriber_buffer=subscriber_buffer,
+                    journal=journal) as bus:
                 yield bus
         else:
             import uuid
