@@ -55,16 +55,22 @@ async def _open_memory(settings: Settings, registry: Any) -> AsyncIterator[Backe
 
     from .journal import Journal
 
-    async with Journal(Path(settings.data_dir) / "journal.sqlite") as journal, \
-            MemoryBus(max_events=settings.log_max_events, ttl_s=settings.log_ttl_s,
-                      subscriber_buffer=settings.subscriber_buffer, journal=journal) as bus, \
-            open_checkpointer(settings) as checkpointer:
-        log_barrier(checkpointer, bus.flush)
+    async with AsyncExitStack() as stack:
+        journal = None
+        if settings.journal:
+            journal = await stack.enter_async_context(Journal(Path(settings.data_dir) / "journal.sqlite"))
+        bus = await stack.enter_async_context(MemoryBus(
+            max_events=settings.log_max_events, ttl_s=settings.log_ttl_s,
+            subscriber_buffer=settings.subscriber_buffer, journal=journal))
+        checkpointer = await stack.enter_async_context(open_checkpointer(settings))
         store = MemoryRunStore(journal=journal)
-        records, logs = await journal.load()
-        bus.restore(logs)
-        store.restore(records)
-        executor = _executor(settings, bus, store, registry, checkpointer, durable_records=True)
+        if journal is not None:
+            log_barrier(checkpointer, bus.flush)
+            records, logs = await journal.load()
+            bus.restore(logs)
+            store.restore(records)
+        executor = _executor(settings, bus, store, registry, checkpointer,
+                             durable_records=journal is not None)
         async with LocalRunner(executor=executor, store=store,
                                concurrency=settings.max_concurrent_runs) as runner:
             await runner.recover(store.all(), settings.max_attempts)

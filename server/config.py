@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     key_prefix: str = "ts"
     data_dir: Path = Path(".thoughtstream")
+    # Embedded default: keep run records and logs in <data_dir>/journal.sqlite so a restart
+    # resumes runs. Events are shown once kept (a few ms later); off = memory only, faster.
+    journal: bool = True
     # Worker processes `serve` starts with Redis (0 = API only); `thoughtstream worker` adds more.
     workers: int = Field(1, ge=0)
     worker_lease_s: float = Field(15.0, gt=0)

@@ -41,6 +41,8 @@ class Event:
     agent: str
     data: dict[str, Any]
     ts: float = field(default_factory=time.time)
+    # The JSON encoding, made once: a fan-out to N subscribers must not encode N times.
+    _raw: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_terminal(self) -> bool:
@@ -58,9 +60,15 @@ class Event:
         }
 
     def encode(self) -> bytes:
-        return dumps(self.to_dict())
+        raw = self._raw
+        if raw is None:
+            raw = dumps(self.to_dict())
+            object.__setattr__(self, "_raw", raw)
+        return raw
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Event:
         d = orjson.loads(raw)
-        return cls(d["run_id"], int(d["seq"]), d["ns"], d["agent"], d["data"], float(d["ts"]))
+        event = cls(d["run_id"], int(d["seq"]), d["ns"], d["agent"], d["data"], float(d["ts"]))
+        object.__setattr__(event, "_raw", raw if isinstance(raw, bytes) else raw.encode())
+        return event

@@ -1,7 +1,7 @@
 """The embedded default's memory on disk: run records and event logs in a SQLite file.
 
-Write-behind: appends stay in-memory fast and a writer task commits them in batches
-every few milliseconds, in a thread of its own. On start-up the process reloads what
+Write-behind with group commit: appends stay in-memory fast, and a writer task commits
+whatever has gathered while the previous commit ran, in a thread of its own. On start-up the process reloads what
 it kept and resumes the runs a restart interrupted. A crash loses at most the last
 batch; a resumed run rewinds to a checkpoint whose step is in the kept log, so the
 folded stream stays whole (see Executor.rewind_point).
@@ -30,9 +30,8 @@ CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, body BLOB NOT NULL);
 
 
 class Journal:
-    def __init__(self, path: Path, *, flush_interval_s: float = 0.005) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.flush_interval_s = flush_interval_s
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._conn: sqlite3.Connection | None = None
         self._events: list[Event] = []
@@ -72,6 +71,7 @@ class Journal:
 
     # -- what the bus and the store hand over (never blocks) ------------------
     def put_event(self, event: Event) -> None:
+        event.encode()  # cached on the event: the transports need the same bytes
         self._events.append(event)
         self._wake.set()
 
@@ -107,7 +107,6 @@ class Journal:
     async def _write_forever(self) -> None:
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self.flush_interval_s)  # gather a batch: one commit, many events
             self._wake.clear()
             events, self._events = self._events, []
             runs, self._runs = self._runs, {}

@@ -81,7 +81,7 @@ class Sink:
     costs the publisher nothing.
     """
 
-    __slots__ = ("_items", "_limit", "_wake", "overflowed", "drops")
+    __slots__ = ("_items", "_limit", "_wake", "overflowed", "drops", "idle_check", "active")
 
     def __init__(self, limit: int) -> None:
         self._items: deque[Event] = deque()
@@ -89,6 +89,8 @@ class Sink:
         self._wake = asyncio.Event()
         self.overflowed = False
         self.drops = 0
+        self.idle_check = False  # set by the subscription's idle timer
+        self.active = False  # anything pushed since the idle timer last fired
 
     def push(self, event: Event) -> None:
         if len(self._items) >= self._limit:
@@ -96,12 +98,20 @@ class Sink:
             self.overflowed = True
             self.drops += 1
         self._items.append(event)
+        self.active = True
         self._wake.set()
 
     def resync_needed(self) -> None:
         """The backend lost track (e.g. pub/sub reconnected): read the log again."""
         self.overflowed = True
         self._wake.set()
+
+    def on_idle_timer(self) -> None:
+        """Every IDLE_CHECK_S: if nothing arrived meanwhile, have the reader check the log."""
+        if not self.active:
+            self.idle_check = True
+            self._wake.set()
+        self.active = False
 
     async def wait(self) -> None:
         await self._wake.wait()
@@ -232,14 +242,33 @@ class Subscription:
             bounds = await self.bus.bounds(self.run_id)
             if bounds is not None and bounds.ended and self.last >= bounds.last_seq:
                 self.done = True
+        # One timer per subscription, re-armed when it fires: a timeout around every
+        # wait would cost a task and a timer handle per wake-up on the hot path.
+        loop = asyncio.get_running_loop()
+        period = IDLE_CHECK_S * (0.8 + random.random() / 2.5)
+        timer: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal timer
+            self._sink.on_idle_timer()
+            timer = loop.call_later(period, tick)
+
+        timer = loop.call_later(period, tick)
+        try:
+            async for batch in self._live():
+                yield batch
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _live(self) -> AsyncIterator[list[Event]]:
         while not self.done:
-            try:
-                await asyncio.wait_for(self._sink.wait(), IDLE_CHECK_S * (0.8 + random.random() / 2.5))
-            except asyncio.TimeoutError:
+            await self._sink.wait()
+            if self._sink.idle_check:
+                self._sink.idle_check = False
                 bounds = await self.bus.bounds(self.run_id)
                 if bounds is not None and bounds.last_seq > self.last:
                     self._sink.resync_needed()
-                continue
             if self._sink.overflowed:
                 self._sink.overflowed = False
                 self.resyncs += 1
@@ -250,7 +279,7 @@ class Subscription:
             else:
                 live = self._sink.take()
                 if not live:
-                    continue
+                    continue  # an idle check that found nothing
                 batch = []
                 for e in live:
                     if e.seq <= self.last:

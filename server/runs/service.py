@@ -35,6 +35,10 @@ class Invalid(ServiceError):
     status, code = 422, "invalid_input"
 
 
+class InvalidRequest(Invalid):
+    code = "invalid_request"
+
+
 class Busy(ServiceError):
     status, code = 429, "too_many_runs"
     headers = {"Retry-After": "5"}
@@ -73,7 +77,7 @@ class RunService:
         timeout = metadata.get("timeout_s")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not timeout > 0):
-            raise Invalid("metadata.timeout_s: must be a positive number of seconds",
+            raise InvalidRequest("metadata.timeout_s: must be a positive number of seconds",
                           field="metadata.timeout_s")
         if idempotency_key is not None:
             # A retry of an accepted request gets its run back, even when the queue is full.

@@ -22,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ..bus.base import BackendUnavailable
 from ..bus.redis import TRANSIENT, RedisBus
 from ..events import ERROR, STATUS
 from .executor import SHUTDOWN_REASON, Executor
@@ -99,7 +100,17 @@ class Worker:
         self._stopping = False
 
     async def __aenter__(self) -> Worker:
-        await self.queue.ensure_group()
+        delay = 0.2
+        while True:  # a worker started while Redis is away waits for it
+            try:
+                await self.queue.ensure_group()
+                # Join visibly now (XREADGROUP would only register us on our first entry).
+                await self.redis.xgroup_createconsumer(self.queue.stream, GROUP, self.name)
+                break
+            except TRANSIENT as exc:
+                log.warning("worker %s: Redis unreachable (%s); retrying in %.1fs", self.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         await self.bus.on_control(CONTROL, self._on_control)
         for coro, label in ((self._consume(), "consume"), (self._heartbeat(), "heartbeat"),
                             (self._reap(), "reap")):
@@ -150,7 +161,10 @@ class Worker:
                 continue
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis restarted empty: recreate and carry on
-                    await self.queue.ensure_group()
+                    try:
+                        await self.queue.ensure_group()
+                    except TRANSIENT:
+                        await asyncio.sleep(delay)
                     continue
                 raise
             for _stream, entries in resp or ():
@@ -174,6 +188,15 @@ class Worker:
                 # another worker claims and resumes it.
                 self._running.pop(run_id, None)
                 return
+        except BackendUnavailable as exc:
+            # Redis stayed away past the outage allowance: the run cannot even record its
+            # failure. Its entry stays pending; once Redis is back and the lease has run
+            # out, a worker resumes it from its checkpoint (attempts permitting).
+            log.error("worker %s: run %s stopped, Redis unreachable (%s); it resumes later",
+                      self.name, run_id, exc)
+            self._running.pop(run_id, None)
+            self._slot.set()
+            return
         except Exception:
             log.exception("worker %s: run %s crashed the executor", self.name, run_id)
         finally:

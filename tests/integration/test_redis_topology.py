@@ -65,6 +65,20 @@ def assert_exact(events: list[dict]) -> None:
                for e in events) == 1
 
 
+def wait_workers(redis: RedisServer, n: int, prefix: str = "ts", timeout: float = 30) -> None:
+    """Until n workers have joined the queue's consumer group (they start slowly under load)."""
+    client = redis_sync.Redis(port=redis.port)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if len(client.xinfo_consumers(f"{prefix}:queue", "workers")) >= n:
+                return
+        except redis_sync.ResponseError:
+            pass  # no group yet
+        assert time.monotonic() < deadline, f"{n} workers did not join in {timeout}s"
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def topology():
     """One durable redis-server, two API processes (no workers) and two worker processes."""
@@ -86,11 +100,13 @@ def topology():
     try:
         for p in procs.values():
             p.start()
-        time.sleep(0.5)  # workers join the consumer group
+        wait_workers(redis, 2)
         yield redis, procs
     finally:
         for p in procs.values():
             p.stop()
+        for name, p in procs.items():  # shown by pytest when the test failed
+            print(f"--- {name} ---\n{p.output()[-3000:]}")
         redis.stop()
 
 
@@ -267,9 +283,10 @@ async def test_killed_worker_run_fails_when_attempts_are_used_up(topology):
     for name in ("w1", "w2"):
         procs[name].stop()
     env = {**procs["w1"].env, "THOUGHTSTREAM_MAX_ATTEMPTS": "1"}
+    before = len(redis_sync.Redis(port=redis.port).xinfo_consumers("ts:queue", "workers"))
     procs["w1"] = ServerProcess(command="worker", env=env).start()
     procs["w2"] = ServerProcess(command="worker", env=env).start()
-    await asyncio.sleep(0.5)
+    await asyncio.to_thread(wait_workers, redis, before + 2)
     run_id = start_run(procs["api1"], {"question": "What is the capital of Australia?"})
     watcher = asyncio.create_task(read_sse(f"{procs['api2'].url}/runs/{run_id}/events", timeout=60))
     _, owner = await wait_running_owner(procs, run_id)
@@ -283,3 +300,24 @@ async def test_killed_worker_run_fails_when_attempts_are_used_up(topology):
     assert "1 attempts" in events[-2]["data"]["message"]
     assert_exact(events)
     assert took < 2 + 5, f"noticed after {took:.1f}s; lease is 2s"
+
+
+async def test_redis_away_past_the_outage_allowance_then_back(topology):
+    """Redis down longer than the outage setting: the run stops without blocking anything,
+    and once Redis is back it is resumed (not lost), ending with one terminal event."""
+    redis, procs = topology
+    for name in ("w1", "w2"):
+        procs[name].stop()
+    env = {**procs["w1"].env, "THOUGHTSTREAM_REDIS_OUTAGE_S": "1"}
+    before = len(redis_sync.Redis(port=redis.port).xinfo_consumers("ts:queue", "workers"))
+    procs["w1"] = ServerProcess(command="worker", env=env).start()
+    await asyncio.to_thread(wait_workers, redis, before + 1)
+    run_id = start_run(procs["api1"], {"question": "What is the capital of Australia?"})
+    await wait_running_owner(procs, run_id)
+    await asyncio.to_thread(redis.restart, 3.0)  # three times the allowance
+    events, done = await read_sse(f"{procs['api2'].url}/runs/{run_id}/events", timeout=60)
+    assert done
+    assert_exact(events)
+    assert events[-1]["data"]["state"] in ("succeeded", "failed")
+    if events[-1]["data"]["state"] == "succeeded":
+        assert any(e["data"].get("state") == "resumed" for e in events)
