@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
@@ -16,12 +17,20 @@ from .bus.base import BackendUnavailable
 from .transports.errors import error_response
 from .config import Settings
 from .transports import http, sse
+from .transports.socketio import SocketIOTransport
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 async def _backend_unavailable(request: Any, exc: Exception) -> Any:
     return error_response(503, "backend_unavailable", str(exc), headers={"Retry-After": "2"})
+
+
+async def _http_error(request: Any, exc: Exception) -> Any:
+    """Unknown paths and methods answer in the API's one error shape, not plain text."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 def create_app(settings: Settings | None = None, registry: AgentRegistry | None = None) -> Starlette:
@@ -35,13 +44,21 @@ def create_app(settings: Settings | None = None, registry: AgentRegistry | None 
             app.state.bus = backend.bus
             app.state.runs = backend.service
             app.state.backend = backend
-            yield
+            try:
+                yield
+            finally:
+                await sockets.aclose()  # feeds hold bus subscriptions: stop them first
 
-    routes: list[Any] = [*http.routes, *sse.routes]
+    # Socket.IO at /socket.io/ (HTTP long-polling and WebSocket); everything else is Starlette's.
+    sockets = SocketIOTransport(settings)
+    routes: list[Any] = [*http.routes, *sse.routes, Mount("/socket.io", app=sockets.asgi, name="socket.io")]
     if STATIC_DIR.is_dir():
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={BackendUnavailable: _backend_unavailable})
+                    exception_handlers={BackendUnavailable: _backend_unavailable,
+                                        HTTPException: _http_error})
     app.state.settings = settings
     app.state.registry = registry
+    app.state.sockets = sockets
+    sockets.state = app.state  # runs and bus are read from it once the lifespan has set them
     return app
