@@ -219,12 +219,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "<= 2 cores, where a second one only takes CPU from the server; else 2)")
     p.add_argument("--no-capacity-check", action="store_true", help="skip measuring the load generator's cost")
     p.add_argument("--json-out", type=Path, help="also write the JSON here")
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the thoughtstream server (repeatable), e.g. "
+                        "THOUGHTSTREAM_JOURNAL=false")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="py-spy each server during each trial; collapsed stacks and summaries go to DIR "
                         "(sampling costs the server some throughput: do not compare with unprofiled numbers)")
     args = p.parse_args(argv)
     if args.loadgen_procs <= 0:
         args.loadgen_procs = 1 if (os.cpu_count() or 1) <= 2 else 2
+    bad = [kv for kv in args.server_env if "=" not in kv]
+    if bad:
+        p.error(f"--server-env takes KEY=VALUE, got {bad}")
+    args.server_env_dict = dict(kv.split("=", 1) for kv in args.server_env)
     return args
 
 
@@ -237,6 +244,7 @@ def run_trials(args: argparse.Namespace, scenarios: list[tuple[str, int, float]]
         "THOUGHTSTREAM_LOG_MAX_EVENTS": str(max(10_000, max(c for _, c, _ in scenarios) + 100)),
         # its own data dir: nothing the server keeps on disk lands in the repo or meets other servers
         "THOUGHTSTREAM_DATA_DIR": str(tmp / "data"),
+        **args.server_env_dict,
     }
     with ExitStack() as stack:
         ts_server = stack.enter_context(ServerProcess("--agent", "firehose=bench/graphs.py:firehose", env=env))
@@ -288,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                     "busy_at_start": load1[0] > (os.cpu_count() or 1) * 0.5},
         "config": {"clients": args.clients, "events": args.events, "rate": args.rate,
                    "saturation_events": args.saturation_events, "saturation_rate": args.saturation_rate,
-                   "repeat": args.repeat, "loadgen_procs": args.loadgen_procs},
+                   "repeat": args.repeat, "loadgen_procs": args.loadgen_procs,
+                   "server_env": args.server_env_dict},
     }
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,9 @@ Run by ``bench.fanout`` as a separate process (never in the server's process):
 
     python -m bench.loadgen --url http://127.0.0.1:PORT/runs/ID/events --clients 50 --out /tmp/x
 
+``--url`` may be repeated (one run watched through several API processes): client i
+connects to the i-th URL modulo their number.
+
 Protocol with the parent, on stdout: ``READY <epoch>`` once every client has its
 response headers and first body bytes (so the server has attached the subscriber),
 then ``DONE`` once every client has seen the terminal event (or the timeout hit).
@@ -193,16 +196,26 @@ class SSEClient(asyncio.Protocol):
                 "error": self.error, "reads": self.reads}
 
 
-async def run(url: str, clients: int, timeout: float, out: str) -> None:
+def target(url: str) -> tuple[str, int, bytes]:
+    """Host, port and the GET request of one stream URL."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
                f"Cache-Control: no-cache\r\n\r\n").encode()
+    return host, port, request
+
+
+async def run(url: str | list[str], clients: int, timeout: float, out: str) -> None:
+    # Several URLs (e.g. the same run through several API processes): client i uses url i % n.
+    targets = [target(u) for u in ([url] if isinstance(url, str) else url)]
     loop = asyncio.get_running_loop()
-    protos = [SSEClient(request, loop.create_future(), loop.create_future()) for _ in range(clients)]
+    conns = [(targets[i % len(targets)], SSEClient(targets[i % len(targets)][2], loop.create_future(),
+                                                   loop.create_future())) for i in range(clients)]
+    protos = [p for _, p in conns]
     # Open all connections concurrently; the server's accept backlog covers hundreds.
-    await asyncio.gather(*(loop.create_connection(lambda p=p: p, host, port) for p in protos))
+    await asyncio.gather(*(loop.create_connection(lambda p=p: p, host, port)
+                           for (host, port, _), p in conns))
     oks = await asyncio.gather(*(p.ready for p in protos))
     print(f"READY {time.time():.6f} {sum(oks)}", flush=True)
     cpu0 = time.process_time()
@@ -228,7 +241,8 @@ async def run(url: str, clients: int, timeout: float, out: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", required=True)
+    p.add_argument("--url", required=True, action="append",
+                   help="stream URL; repeat it to spread the clients round-robin over several")
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--out", required=True, help="results path prefix (.json and .bin are added)")

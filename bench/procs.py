@@ -102,14 +102,19 @@ class LoadResult:
 
 
 class LoadGenerators:
-    """``procs`` load-generator processes sharing ``clients`` SSE connections to ``url``."""
+    """``procs`` load-generator processes sharing ``clients`` SSE connections to ``url``.
 
-    def __init__(self, url: str, clients: int, procs: int, out_dir: Path, timeout: float) -> None:
+    ``url`` may be a list (the same run through several API processes): each process then
+    spreads its clients over the URLs round-robin.
+    """
+
+    def __init__(self, url: str | list[str], clients: int, procs: int, out_dir: Path, timeout: float) -> None:
         self.out = [out_dir / f"lg-{i}-{time.monotonic_ns()}" for i in range(procs)]
         split = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+        url_args = [a for u in ([url] if isinstance(url, str) else url) for a in ("--url", u)]
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "bench.loadgen", "--url", url, "--clients", str(n),
+                [sys.executable, "-m", "bench.loadgen", *url_args, "--clients", str(n),
                  "--timeout", str(timeout), "--out", str(out)],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for n, out in zip(split, self.out) if n
