@@ -117,5 +117,10 @@ def _worker(settings: Settings) -> int:
         async with open_backend(settings, registry, worker=True):
             await stop.wait()
 
-    asyncio.run(run())
+    try:  # the API processes get uvloop through uvicorn; the worker should too
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
     return 0

@@ -17,7 +17,7 @@ import uuid
 from typing import Any, Awaitable, Callable
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -61,7 +61,7 @@ class RedisBus:
 
     def __init__(self, url: str, *, prefix: str, max_events: int, ttl_s: float,
                  subscriber_buffer: int, outage_s: float = 10.0,
-                 live_ttl_s: float | None = None) -> None:
+                 live_ttl_s: float | None = None, max_connections: int = 64) -> None:
         self.url = url
         self.prefix = prefix
         self.max_events = max_events
@@ -70,8 +70,11 @@ class RedisBus:
         self.live_ttl_ms = int((live_ttl_s if live_ttl_s is not None else ttl_s + 3600) * 1000)
         self.subscriber_buffer = subscriber_buffer
         self.outage_s = outage_s
-        self.redis = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5,
-                                    health_check_interval=0)
+        # A bounded pool: a burst of subscribers reading history waits for a connection
+        # instead of opening one each (and keeping them all open afterwards).
+        pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=outage_s,
+                                               socket_connect_timeout=2, socket_timeout=5)
+        self.redis = Redis(connection_pool=pool)
         self._append = self.redis.register_script(APPEND)
         self._sinks: dict[str, set[Sink]] = {}  # channel -> local sinks
         self._control: dict[str, Callable[[dict[str, Any]], Awaitable[None] | None]] = {}
@@ -102,7 +105,7 @@ class RedisBus:
             await asyncio.gather(self._listener, return_exceptions=True)
         if self._pubsub is not None:
             await self._pubsub.aclose()
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
 
     async def flush(self) -> None:
         """Appends are visible once they return: nothing to wait for."""
