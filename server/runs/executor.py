@@ -227,6 +227,12 @@ class Executor:
         except Exception as exc:  # the graph failed; the run fails, the server does not
             log.warning("run %s failed: %s", run_id, exc, exc_info=True)
             return await self._fail(rec, type(exc).__name__, str(exc) or type(exc).__name__)
+        # The graph is done: a cancel arriving now must not cut the record and the log
+        # apart (a record that says succeeded with no terminal event would hang watchers).
+        return await asyncio.shield(self._conclude(rec, graph, mapper, time.monotonic() - started))
+
+    async def _conclude(self, rec: RunRecord, graph: Any, mapper: ChunkMapper, elapsed: float) -> RunRecord:
+        run_id = rec.run_id
         if mapper.interrupts:
             interrupts = orjson.loads(dumps(mapper.interrupts))
             rec = await self.store.transition(run_id, INTERRUPTED, progress={
@@ -235,7 +241,6 @@ class Executor:
             return rec
         result = orjson.loads(dumps(graph_output(graph, mapper.output)))  # JSON-safe
         await self.bus.append(run_id, RESULT, "graph", {"output": result})
-        elapsed = time.monotonic() - started
         return await self._finish(rec, SUCCEEDED, result=result, duration_s=round(elapsed, 3))
 
     async def _stream(self, rec: RunRecord, graph: Any, graph_input: Any, mapper: ChunkMapper) -> None:
@@ -258,6 +263,9 @@ class Executor:
         return await self._fail(rec, code, message)
 
     async def _fail(self, rec: RunRecord, code: str, message: str) -> RunRecord:
+        return await asyncio.shield(self._fail_now(rec, code, message))  # as in _conclude
+
+    async def _fail_now(self, rec: RunRecord, code: str, message: str) -> RunRecord:
         await self.bus.append(rec.run_id, ERROR, "server", {"code": code, "message": message})
         return await self._finish(rec, FAILED, error={"code": code, "message": message})
 
