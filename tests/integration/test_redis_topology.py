@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from tests.integration.test_socketio import Watcher
 from tests.support import RedisServer, ServerProcess
 
 QUESTION = {"question": "When was the Eiffel Tower built and how tall is it?"}
@@ -251,6 +252,9 @@ async def test_killed_worker_run_resumes_on_another_worker(topology):
     run_id = start_run(procs["api1"], question)
     watchers = [asyncio.create_task(read_sse(f"{procs[a].url}/runs/{run_id}/events", timeout=60))
                 for a in ("api1", "api2")]
+    # And a Socket.IO client on API 2, with batched delivery, as the viewer subscribes.
+    sio = await Watcher(procs["api2"].url).connect()
+    await sio.subscribe(run_id, batch=True)
     # Let it get past a few checkpoints (planner and tools), then kill its worker mid-step.
     snap, owner = await wait_running_owner(procs, run_id)
     deadline = time.monotonic() + 10
@@ -261,6 +265,10 @@ async def test_killed_worker_run_resumes_on_another_worker(topology):
     killed_at = time.monotonic()
     owner.kill()
     results = await asyncio.wait_for(asyncio.gather(*watchers), 60)
+    await sio.wait_end(run_id, timeout=30)
+    await sio.close()
+    assert len(sio.ends[run_id]) == 1 and sio.ends[run_id][0]["status"] == "succeeded"
+    results.append((sio.events[run_id], True))
     resumed = None
     for events, done in results:
         assert done and events[-1]["data"]["state"] == "succeeded"
