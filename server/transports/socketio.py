@@ -8,6 +8,7 @@ Protocol (DESIGN.md, "Socket.IO protocol"), default namespace, path ``/socket.io
                        start_run   {agent, input, metadata?, idempotency_key?}
                                    ack {ok: true, run_id, status, agent, events_url, room, created}
                        cancel_run  {run_id}              ack {ok: true, run: record}
+                       resume_run  {run_id, value}       ack {ok: true, run: record} (interrupted runs)
     server -> client   event       one event, exactly the JSON of an SSE ``data:`` line
                        events      [event, ...]          instead of ``event`` when subscribed with
                                                          batch: true (up to 128 events, in order)
@@ -201,7 +202,8 @@ class SocketIOTransport:
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         for name, handler in (("subscribe", self._subscribe), ("unsubscribe", self._unsubscribe),
-                              ("start_run", self._start_run), ("cancel_run", self._cancel_run)):
+                              ("start_run", self._start_run), ("cancel_run", self._cancel_run),
+                              ("resume_run", self._resume_run)):
             self.sio.on(name, self._guarded(name, handler))
         self.sio.on("*", self._unknown_event)
 
@@ -423,6 +425,15 @@ class SocketIOTransport:
         run_id = run_id_of(one_object(args))
         client = self._client(sid)
         rec = await self.runs.cancel(run_id, tenant=client.tenant)
+        return ok(run=rec.to_dict())
+
+    async def _resume_run(self, sid: str, *args: Any) -> dict[str, Any]:
+        """Answer an interrupted run: ``{run_id, value}``, as POST /runs/{id}/resume."""
+        payload = one_object(args)
+        run_id = run_id_of(payload)
+        if "value" not in payload:
+            raise ProtocolError("bad_request", 'resume_run needs a "value" (the answer)')
+        rec = await self.runs.resume(run_id, payload["value"], tenant=self._client(sid).tenant)
         return ok(run=rec.to_dict())
 
     # ----------------------------------------------------------------- feeds

@@ -173,3 +173,30 @@ async def test_permanent_errors_fail_at_once(flaky_server):
     assert not [e for e in events if e["data"].get("state") == "retrying"]
     assert done and events[-1]["data"]["state"] == "failed"
     assert events[-2]["ns"] == "ERROR" and "permission denied" in events[-2]["data"]["message"]
+
+
+async def test_interrupt_and_resume_through_socketio(server):
+    """A Socket.IO client answers the interrupt with resume_run and watches the run finish."""
+    from tests.integration.test_socketio import Watcher
+
+    sio = await Watcher(server.url).connect()
+    try:
+        ack = await sio.call("start_run", {"agent": "reflective", "input": APPROVAL})
+        assert ack["ok"], ack
+        run_id = ack["run_id"]
+        await sio.subscribe(run_id, batch=True)
+        snap = await wait_state(server.url, run_id, "interrupted")
+        assert snap["progress"]["interrupts"][0]["tool"] == "calculator"
+        bad = await sio.call("resume_run", {"run_id": run_id})
+        assert bad["ok"] is False and bad["error"]["code"] == "bad_request"
+        ack = await sio.call("resume_run", {"run_id": run_id, "value": "yes"})
+        assert ack["ok"], ack
+        await sio.wait_end(run_id)
+        events = sio.events[run_id]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert [e["data"]["state"] for e in events if e["ns"] == "STATUS"] == [
+            "queued", "running", "interrupted", "running", "succeeded"]
+        again = await sio.call("resume_run", {"run_id": run_id, "value": "yes"})
+        assert again["ok"] is False and again["error"]["code"] == "conflict"
+    finally:
+        await sio.close()
