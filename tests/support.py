@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import httpx
 
@@ -154,3 +155,47 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_workers(redis: RedisServer, n: int, prefix: str = "ts", timeout: float = 30) -> None:
+    """Until n workers have joined the queue's consumer group (they start slowly under load)."""
+    import redis as redis_sync
+
+    client = redis_sync.Redis(port=redis.port)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if len(client.xinfo_consumers(f"{prefix}:queue", "workers")) >= n:
+                return
+        except redis_sync.ResponseError:
+            pass  # no group yet
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{n} workers did not join in {timeout}s")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def redis_topology(apis: Sequence[str], workers: Sequence[str],
+                   env: dict[str, str] | None = None) -> Iterator[tuple[RedisServer, dict[str, ServerProcess]]]:
+    """A durable redis-server, API processes (``--workers 0``) and worker processes, all
+    sharing one checkpoint directory, as the processes of one machine do. Their logs are
+    printed on the way out (pytest shows them when the test failed)."""
+    redis = RedisServer(durable=True).start()
+    shared = {
+        "THOUGHTSTREAM_DATA_DIR": tempfile.mkdtemp(prefix="ts-data-"),
+        "THOUGHTSTREAM_REDIS_URL": redis.url,
+        **(env or {}),
+    }
+    procs = {name: ServerProcess("--workers", "0", env=shared) for name in apis}
+    procs.update({name: ServerProcess(command="worker", env=shared) for name in workers})
+    try:
+        for p in procs.values():
+            p.start()
+        wait_workers(redis, len(workers))
+        yield redis, procs
+    finally:
+        for p in procs.values():
+            p.stop()
+        for name, p in procs.items():
+            print(f"--- {name} ---\n{p.output()[-3000:]}")
+        redis.stop()

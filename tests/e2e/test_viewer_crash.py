@@ -10,7 +10,6 @@ The screenshot goes to test-output/viewer-after-crash.png (SSE: viewer-after-cra
 
 from __future__ import annotations
 
-import tempfile
 import time
 from typing import Any, Iterator
 
@@ -20,8 +19,7 @@ import pytest
 from tests.e2e.test_viewer import (
     CHROMIUM, CHROMIUM_ARGS, LAPTOP, OUT, TOKENS_PER_S, Page, assert_matches_log, full_log, shot,
     transports, wait_succeeded, watch_new_run)
-from tests.integration.test_redis_topology import wait_workers
-from tests.support import RedisServer, ServerProcess
+from tests.support import ServerProcess, redis_topology
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -34,29 +32,10 @@ LEASE_S = 2
 @pytest.fixture
 def topology() -> Iterator[tuple[ServerProcess, dict[str, ServerProcess]]]:
     """A durable redis-server, an API process with ``--workers 0``, two worker processes."""
-    redis = RedisServer(durable=True).start()
-    env = {
-        "THOUGHTSTREAM_DATA_DIR": tempfile.mkdtemp(prefix="ts-data-"),  # shared checkpoints
-        "THOUGHTSTREAM_REDIS_URL": redis.url,
-        "THOUGHTSTREAM_WORKER_LEASE_S": str(LEASE_S),
-        "THOUGHTSTREAM_SCRIPTED_TOKENS_PER_S": TOKENS_PER_S,
-    }
-    procs = {
-        "api": ServerProcess("--workers", "0", env=env),
-        "w1": ServerProcess(command="worker", env=env),
-        "w2": ServerProcess(command="worker", env=env),
-    }
-    try:
-        for p in procs.values():
-            p.start()
-        wait_workers(redis, 2)
+    env = {"THOUGHTSTREAM_WORKER_LEASE_S": str(LEASE_S),
+           "THOUGHTSTREAM_SCRIPTED_TOKENS_PER_S": TOKENS_PER_S}
+    with redis_topology(["api"], ["w1", "w2"], env) as (_redis, procs):
         yield procs["api"], {"w1": procs["w1"], "w2": procs["w2"]}
-    finally:
-        for p in procs.values():
-            p.stop()
-        for name, p in procs.items():  # shown by pytest when the test failed
-            print(f"--- {name} ---\n{p.output()[-3000:]}")
-        redis.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import tempfile
 import time
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 import redis as redis_sync
 
 from tests.integration.test_socketio import Watcher
-from tests.support import RedisServer, ServerProcess
+from tests.support import ServerProcess, redis_topology, wait_workers
 
 QUESTION = {"question": "When was the Eiffel Tower built and how tall is it?"}
 
@@ -66,49 +65,16 @@ def assert_exact(events: list[dict]) -> None:
                for e in events) == 1
 
 
-def wait_workers(redis: RedisServer, n: int, prefix: str = "ts", timeout: float = 30) -> None:
-    """Until n workers have joined the queue's consumer group (they start slowly under load)."""
-    client = redis_sync.Redis(port=redis.port)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if len(client.xinfo_consumers(f"{prefix}:queue", "workers")) >= n:
-                return
-        except redis_sync.ResponseError:
-            pass  # no group yet
-        assert time.monotonic() < deadline, f"{n} workers did not join in {timeout}s"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def topology():
     """One durable redis-server, two API processes (no workers) and two worker processes."""
-    redis = RedisServer(durable=True).start()
-    data_dir = tempfile.mkdtemp(prefix="ts-data-")
     env = {
-        "THOUGHTSTREAM_DATA_DIR": data_dir,  # the workers of one machine share checkpoints
-        "THOUGHTSTREAM_REDIS_URL": redis.url,
         "THOUGHTSTREAM_WORKER_LEASE_S": "2",
         "THOUGHTSTREAM_SCRIPTED_TOKENS_PER_S": "60",
         "THOUGHTSTREAM_REDIS_OUTAGE_S": "15",
     }
-    procs = {
-        "api1": ServerProcess("--workers", "0", env=env),
-        "api2": ServerProcess("--workers", "0", env=env),
-        "w1": ServerProcess(command="worker", env=env),
-        "w2": ServerProcess(command="worker", env=env),
-    }
-    try:
-        for p in procs.values():
-            p.start()
-        wait_workers(redis, 2)
+    with redis_topology(["api1", "api2"], ["w1", "w2"], env) as (redis, procs):
         yield redis, procs
-    finally:
-        for p in procs.values():
-            p.stop()
-        for name, p in procs.items():  # shown by pytest when the test failed
-            print(f"--- {name} ---\n{p.output()[-3000:]}")
-        redis.stop()
 
 
 def start_run(api: ServerProcess, input: dict = QUESTION) -> str:
