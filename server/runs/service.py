@@ -144,8 +144,8 @@ class RunService:
             await asyncio.sleep(0.05)
         return rec
 
-    async def resume(self, run_id: str, answer: Any, *, tenant: str) -> RunRecord:
-        """Answer an interrupted run: it continues in the same log."""
+    async def answer(self, run_id: str, answer: Any, *, tenant: str) -> RunRecord:
+        """Answer a run waiting in ``interrupted`` (POST /runs/{id}/resume on the wire)."""
         rec = await self.get(run_id, tenant=tenant)
         if rec.status != INTERRUPTED:
             raise Conflict(f"run {run_id!r} is {rec.status}, not interrupted; nothing to resume",

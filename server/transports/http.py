@@ -149,7 +149,7 @@ async def resume_run(request: Request) -> Response:
     if not isinstance(payload, dict) or "value" not in payload:
         return error_response(422, "invalid_request", 'body must be an object with a "value"', field="value")
     try:
-        rec = await request.app.state.runs.resume(request.path_params["run_id"], payload["value"],
+        rec = await request.app.state.runs.answer(request.path_params["run_id"], payload["value"],
                                                   tenant=tenant_of(request))
     except ServiceError as exc:
         return service_error(exc)

@@ -433,7 +433,7 @@ class SocketIOTransport:
         run_id = run_id_of(payload)
         if "value" not in payload:
             raise ProtocolError("bad_request", 'resume_run needs a "value" (the answer)')
-        rec = await self.runs.resume(run_id, payload["value"], tenant=self._client(sid).tenant)
+        rec = await self.runs.answer(run_id, payload["value"], tenant=self._client(sid).tenant)
         return ok(run=rec.to_dict())
 
     # ----------------------------------------------------------------- feeds
