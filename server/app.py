@@ -19,7 +19,18 @@ from .config import Settings
 from .transports import http, sse
 from .transports.socketio import SocketIOTransport
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def _viewer_dir() -> Path | None:
+    """The viewer: inside the installed package (a wheel), else the checkout's static/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "static", here.parent / "static"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    return None
+
+
+STATIC_DIR = _viewer_dir()
 
 
 async def _backend_unavailable(request: Any, exc: Exception) -> Any:
@@ -52,7 +63,7 @@ def create_app(settings: Settings | None = None, registry: AgentRegistry | None 
     # Socket.IO at /socket.io/ (HTTP long-polling and WebSocket); everything else is Starlette's.
     sockets = SocketIOTransport(settings)
     routes: list[Any] = [*http.routes, *sse.routes, Mount("/socket.io", app=sockets.asgi, name="socket.io")]
-    if STATIC_DIR.is_dir():
+    if STATIC_DIR is not None:
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={BackendUnavailable: _backend_unavailable,
