@@ -13,10 +13,9 @@ from starlette.staticfiles import StaticFiles
 
 from .agents.registry import AgentRegistry
 from .backends import open_backend
-from .bus.base import BackendUnavailable
-from .transports.errors import error_response
 from .config import Settings
 from .transports import http, sse
+from .transports.common import NoAuth, error_response, exception_handlers
 from .transports.socketio import SocketIOTransport
 
 
@@ -31,10 +30,6 @@ def _viewer_dir() -> Path | None:
 
 
 STATIC_DIR = _viewer_dir()
-
-
-async def _backend_unavailable(request: Any, exc: Exception) -> Any:
-    return error_response(503, "backend_unavailable", str(exc), headers={"Retry-After": "2"})
 
 
 async def _http_error(request: Any, exc: Exception) -> Any:
@@ -58,7 +53,7 @@ def create_app(settings: Settings | None = None, registry: AgentRegistry | None 
             try:
                 yield
             finally:
-                await sockets.aclose()  # feeds hold bus subscriptions: stop them first
+                await sockets.aclose()  # watches hold bus subscriptions: stop them first
 
     # Socket.IO at /socket.io/ (HTTP long-polling and WebSocket); everything else is Starlette's.
     sockets = SocketIOTransport(settings)
@@ -66,9 +61,9 @@ def create_app(settings: Settings | None = None, registry: AgentRegistry | None 
     if STATIC_DIR is not None:
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={BackendUnavailable: _backend_unavailable,
-                                        HTTPException: _http_error})
+                    exception_handlers={**exception_handlers(), HTTPException: _http_error})
     app.state.settings = settings
+    app.state.identity = NoAuth()  # who is calling: credentials plug in here
     app.state.registry = registry
     app.state.sockets = sockets
     sockets.state = app.state  # runs and bus are read from it once the lifespan has set them

@@ -2,6 +2,7 @@
 
 Ordering, dedup and resync live in the subscription; this module only frames events,
 batching whatever is ready into one write (per-write cost is what limits fan-out).
+Failures before the stream starts are raised and rendered by ``common.api_error``.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..bus.base import BusError, CursorAhead, CursorExpired, Subscription, UnknownLog, subscribe
+from ..bus.base import BusError, CursorExpired, Subscription, UnknownLog, subscribe
 from ..events import Event, dumps
-from ..runs.service import ServiceError
-from .errors import error_response
-from .http import service_error, tenant_of
+from .common import RequestError, api_error, parse_seq, request_caller
 
 log = logging.getLogger(__name__)
 
 NS_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 RETRY_MS = 2000
-MAX_CURSOR_DIGITS = 18  # seqs are far below 10**18; longer is garbage, not a cursor
 
 
 def ping_comment() -> ServerSentEvent:
@@ -40,47 +38,35 @@ def frame(event: Event) -> bytes:
 def parse_cursor(request: Request) -> int | None:
     """Last-Event-ID header first (browsers resend it), then ?last_event_id= or ?after=.
 
-    A blank value means no cursor. Anything else must be a plain ASCII decimal seq:
-    ``str.isdigit`` alone lets through digits of other scripts (Arabic-Indic three is 3
-    to ``int``) and superscripts (which ``int`` rejects with an unhelpful message).
+    A blank value means no cursor (from the first event).
     """
     raw = request.headers.get("last-event-id")
     if raw is None or not raw.strip():
         raw = request.query_params.get("last_event_id") or request.query_params.get("after")
     if raw is None or not raw.strip():
         return None
-    raw = raw.strip()
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_CURSOR_DIGITS:
-        raise ValueError(f"cursor {raw[:40]!r} is not a non-negative integer seq")
-    return int(raw)
+    return parse_seq(raw.strip())
+
+
+def parse_ns(request: Request) -> frozenset[str] | None:
+    raw = request.query_params.get("ns")
+    if not raw:
+        return None
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    bad = [n for n in names if not NS_RE.match(n)]
+    if bad or not names:
+        raise RequestError("bad_ns", f"ns must be a comma-separated list of names; got {bad or names}")
+    return frozenset(names)
 
 
 async def stream_events(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     app_state = request.app.state
-    try:
-        await app_state.runs.get(run_id, tenant=tenant_of(request))
-    except ServiceError as exc:
-        return service_error(exc)
-    try:
-        after = parse_cursor(request)
-    except ValueError as exc:
-        return error_response(400, "bad_cursor", str(exc))
-    ns_filter: frozenset[str] | None = None
-    if request.query_params.get("ns"):
-        names = [n.strip() for n in request.query_params["ns"].split(",") if n.strip()]
-        bad = [n for n in names if not NS_RE.match(n)]
-        if bad or not names:
-            return error_response(400, "bad_ns", f"ns must be a comma-separated list of names; got {bad or names}")
-        ns_filter = frozenset(names)
-    try:
-        sub = await subscribe(app_state.bus, run_id, after)
-    except CursorExpired as exc:
-        return error_response(410, exc.code, str(exc), first_seq=exc.first_seq)
-    except UnknownLog as exc:
-        return error_response(410, "log_expired", str(exc))
-    except CursorAhead as exc:
-        return error_response(400, exc.code, str(exc))
+    caller = await request_caller(request)
+    await app_state.runs.get(run_id, tenant=caller.tenant)  # another tenant's run is a 404
+    after = parse_cursor(request)
+    ns_filter = parse_ns(request)
+    sub = await subscribe(app_state.bus, run_id, after)  # cursor errors: 400 / 410
     settings = app_state.settings
     return EventSourceResponse(
         _frames(sub, ns_filter),
@@ -92,13 +78,16 @@ async def stream_events(request: Request) -> Response:
     )
 
 
+def reset_frame(body: dict[str, object]) -> bytes:
+    return b"event: reset\ndata: %s\n\n" % dumps(body)
+
+
 async def _frames(sub: Subscription, ns_filter: frozenset[str] | None) -> AsyncIterator[bytes]:
     try:
         head = b"retry: %d\n\n" % RETRY_MS
         if sub.trimmed_from is not None:
             # No cursor, but the log's start was trimmed: say so, never a silent partial replay.
-            head += b"event: reset\ndata: %s\n\n" % dumps(
-                {"reason": "log_trimmed", "first_seq": sub.trimmed_from})
+            head += reset_frame({"reason": "log_trimmed", "first_seq": sub.trimmed_from})
         yield head
         try:
             async for batch in sub:
@@ -108,10 +97,11 @@ async def _frames(sub: Subscription, ns_filter: frozenset[str] | None) -> AsyncI
                 )
                 if chunk:
                     yield chunk
-        except CursorExpired as exc:
-            # The subscriber fell behind the retained log mid-stream.
-            yield b"event: reset\ndata: %s\n\n" % dumps(
-                {"reason": "cursor_expired", "first_seq": exc.first_seq, "message": str(exc)})
+        except (CursorExpired, UnknownLog) as exc:
+            # The subscriber fell behind the retained log mid-stream, or the log went away.
+            body = api_error(exc).reset(sub.run_id)
+            del body["run_id"]  # an SSE stream is one run's
+            yield reset_frame(body)
         except BusError as exc:
             log.warning("SSE stream of run %s ended: %s", sub.run_id, exc)
     finally:
