@@ -1,4 +1,12 @@
-"""Processes of a bench run: the raw broadcaster, the blaster, load generators, CPU time."""
+"""The processes of a bench run: targets (ours, raw, langgraph dev, ours over Redis),
+load generators, and CPU and memory read from /proc.
+
+Targets are driven over the wire only (HTTP, SSE, Socket.IO); thoughtstream is started
+with ``tests.support.ServerProcess`` (bench may use tests' helpers, tests never import
+bench). Every target serves ``bench/graphs.py:firehose`` and answers the same four
+questions: start a (gated) run, where its stream is, how a client creates-and-streams
+a run of its own, and which API calls probe it.
+"""
 
 from __future__ import annotations
 
@@ -6,67 +14,107 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from array import array
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import httpx
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, RedisServer, ServerProcess, free_port, wait_workers
+
+from .core import Delivery, NotApplicable, say
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FIREHOSE = "firehose=bench/graphs.py:firehose"
+LANGGRAPH_VENV = ROOT / "bench" / ".venv-langgraph"
+LANGGRAPH_PACKAGES = ("langgraph-cli[inmem]", "langgraph")
+TARGETS = ("ours", "raw", "langgraph-dev")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process (Linux /proc), 0.0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+# -- /proc -----------------------------------------------------------------------------
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server's worker or reloader processes count as its own)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
 
 
-def write_syscalls(pid: int) -> int:
-    """write(2)-family syscalls a process made so far (Linux /proc/PID/io), 0 if unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("syscw:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of live processes and their descendants."""
+    total = 0
+    for root in pids:
+        for pid in tree(root):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
 
+
+def rss_kib(pids: Sequence[int]) -> int:
+    total = 0
+    for root in pids:
+        for pid in tree(root):
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+    return total
+
+
+# -- processes the bench starts itself -------------------------------------------------
 
 class Subprocess:
-    """``python -m <module> ...`` from the repo root, output to a log file."""
+    """A command on a free port (``{port}`` in argv), output to a log file, up when ``health`` answers."""
 
-    def __init__(self, *argv: str, log_dir: Path, log_name: str) -> None:
+    def __init__(self, argv: Sequence[str], name: str, env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> None:
         self.port = free_port()
-        self.argv = [sys.executable, "-m", *[a.replace("{port}", str(self.port)) for a in argv]]
-        self.log_path = log_dir / f"{log_name}-{self.port}.log"
+        self.argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.log_path = Path(tempfile.gettempdir()) / f"bench-{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, health: str | None = "/healthz", timeout: float = 30.0) -> Subprocess:
+    def start(self, health: str | None = "/healthz", timeout: float = 60.0) -> Subprocess:
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        if health:
-            deadline = time.monotonic() + timeout
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.argv} exited: {self.log_path.read_text()[-2000:]}")
-                try:
-                    if httpx.get(self.url + health, timeout=0.5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.argv} did not become healthy")
-                time.sleep(0.1)
+            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while health:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv} exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + health, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"{self.argv} did not become healthy: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
         return self
 
     def stop(self) -> None:
@@ -79,82 +127,287 @@ class Subprocess:
                 self.proc.wait(5)
 
 
-def raw_broadcaster(log_dir: Path) -> Subprocess:
-    """The ceiling, served like thoughtstream: uvicorn with its defaults (uvloop, httptools)."""
-    return Subprocess("uvicorn", "bench.raw_broadcaster:app", "--host", "127.0.0.1",
-                      "--port", "{port}", "--log-level", "warning", log_dir=log_dir, log_name="raw")
-
-
-def blaster(log_dir: Path, clients: int, count: int) -> Subprocess:
-    return Subprocess("bench.blaster", "--port", "{port}", "--clients", str(clients),
-                      "--count", str(count), "--per-write", "20", log_dir=log_dir, log_name="blaster")
-
+# -- targets ---------------------------------------------------------------------------
 
 @dataclass
-class LoadResult:
-    ready_at: float  # when the last client of the last process was connected
-    started_at: float
-    samples: array  # float64 pairs: ts, recv (THOUGHT events)
-    clients: list[dict]
-    cpu_s: float  # CPU seconds the load generators used
-    wall_s: float
-    errors: list[str] = field(default_factory=list)
+class RunRef:
+    run_id: str
+    stream_url: str
+    thread_id: str | None = None
 
 
-class LoadGenerators:
-    """``procs`` load-generator processes sharing ``clients`` SSE connections to ``url``.
+class Target:
+    name: str
+    url: str
+    sse_urls: list[str]  # the processes clients stream from (several API processes over Redis)
+    transports: tuple[str, ...] = ("sse",)
+    catchup = True  # replays a run's history to a late subscriber
 
-    ``url`` may be a list (the same run through several API processes): each process then
-    spreads its clients over the URLs round-robin.
-    """
+    def pids(self) -> list[int]:
+        raise NotImplementedError
 
-    def __init__(self, url: str | list[str], clients: int, procs: int, out_dir: Path, timeout: float) -> None:
-        self.out = [out_dir / f"lg-{i}-{time.monotonic_ns()}" for i in range(procs)]
-        split = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-        url_args = [a for u in ([url] if isinstance(url, str) else url) for a in ("--url", u)]
-        self.procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "bench.loadgen", *url_args, "--clients", str(n),
-                 "--timeout", str(timeout), "--out", str(out)],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for n, out in zip(split, self.out) if n
-        ]
+    def new_run(self, count: int, rate: float, gate: Path | None = None) -> RunRef:
+        raise NotImplementedError
+
+    def create_spec(self, count: int, rate: float) -> tuple[str, dict, bool]:
+        """(URL, body, the answer is the stream) for a client that creates its own run."""
+        raise NotImplementedError
+
+    def probes(self) -> dict[str, tuple[str, str, Any]]:
+        """API calls for the latency probe: name -> (method, path, JSON body)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {"THOUGHTSTREAM_LOG_LEVEL": "warning", "THOUGHTSTREAM_LOG_MAX_EVENTS": "100000",
+            # the bench's own many-runs scenarios: nothing waits in the queue
+            "THOUGHTSTREAM_MAX_CONCURRENT_RUNS": "1000", "THOUGHTSTREAM_MAX_QUEUED_RUNS": "10000",
+            **(extra or {})}
+
+
+class Ours(Target):
+    """``python -m server serve`` with the memory backend (and its journal, the embedded default)."""
+
+    name = "ours"
+    transports = ("sse", "socketio", "socketio_batch")
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.server = ServerProcess("--agent", FIREHOSE, env=server_env(env)).start()
+        self.url = self.server.url
+        self.sse_urls = [self.url]
+
+    def pids(self) -> list[int]:
+        return [self.server.proc.pid]
+
+    def new_run(self, count: int, rate: float, gate: Path | None = None) -> RunRef:
+        body: dict[str, Any] = {"count": count, "rate": rate}
+        if gate:
+            body["gate"] = str(gate)
+        r = httpx.post(self.url + "/runs", json={"agent": "firehose", "input": body}, timeout=30)
+        r.raise_for_status()
+        return RunRef(r.json()["run_id"], r.json()["events_url"])
+
+    def create_spec(self, count: int, rate: float) -> tuple[str, dict, bool]:
+        return self.url + "/runs", {"agent": "firehose", "input": {"count": count, "rate": rate}}, False
+
+    def probes(self) -> dict[str, tuple[str, str, Any]]:
+        return {"health": ("GET", "/healthz", None), "list": ("GET", "/runs?limit=10", None)}
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+class OursOverRedis(Ours):
+    """A throwaway redis-server, two API processes (``--workers 0``) and one worker process."""
+
+    name = "ours-redis"
+    transports = ("sse",)
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.redis = RedisServer().start()
+        shared = server_env({"THOUGHTSTREAM_REDIS_URL": self.redis.url,
+                             "THOUGHTSTREAM_DATA_DIR": tempfile.mkdtemp(prefix="bench-redis-"), **(env or {})})
+        self.procs = [ServerProcess("--agent", FIREHOSE, "--workers", "0", env=shared) for _ in range(2)]
+        self.procs.append(ServerProcess("--agent", FIREHOSE, command="worker", env=shared))
+        try:
+            for p in self.procs:
+                p.start()
+            wait_workers(self.redis, 1)
+        except BaseException:
+            self.stop()
+            raise
+        self.server = self.procs[0]
+        self.url = self.server.url
+        self.sse_urls = [p.url for p in self.procs[:2]]
+
+    def pids(self) -> list[int]:
+        return [p.proc.pid for p in self.procs] + [self.redis.proc.pid]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+        self.redis.stop()
+
+
+class Raw(Target):
+    """``bench/raw_broadcaster.py`` under uvicorn with its defaults (uvloop, httptools), as ours runs."""
+
+    name = "raw"
+    catchup = False
+
+    def __init__(self) -> None:
+        self.proc = Subprocess([sys.executable, "-m", "uvicorn", "bench.raw_broadcaster:app", "--host",
+                                "127.0.0.1", "--port", "{port}", "--log-level", "warning"], "raw").start()
+        self.url = self.proc.url
+        self.sse_urls = [self.url]
+
+    def pids(self) -> list[int]:
+        return [self.proc.proc.pid]
+
+    def new_run(self, count: int, rate: float, gate: Path | None = None) -> RunRef:
+        r = httpx.post(self.url + "/runs", json={"count": count, "rate": rate,
+                                                 **({"gate": str(gate)} if gate else {})}, timeout=30)
+        r.raise_for_status()
+        return RunRef(r.json()["run_id"], r.json()["events_url"])
+
+    def create_spec(self, count: int, rate: float) -> tuple[str, dict, bool]:
+        return self.url + "/runs", {"count": count, "rate": rate}, False
+
+    def probes(self) -> dict[str, tuple[str, str, Any]]:
+        return {"health": ("GET", "/healthz", None), "list": ("GET", "/runs", None)}
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def langgraph_venv(install: bool) -> Path:
+    """``bench/.venv-langgraph`` with ``langgraph-cli[inmem]``; created on first use with ``install``."""
+    exe = LANGGRAPH_VENV / "bin" / "langgraph"
+    if exe.exists():
+        return exe
+    if not install:
+        raise NotApplicable(f"{exe} is missing: rerun with --install-langgraph (installs "
+                            f"{' '.join(LANGGRAPH_PACKAGES)} from PyPI into {LANGGRAPH_VENV})")
+    say(f"installing {' '.join(LANGGRAPH_PACKAGES)} into {LANGGRAPH_VENV} (once)")
+    subprocess.run([sys.executable, "-m", "venv", str(LANGGRAPH_VENV)], check=True)
+    subprocess.run([str(LANGGRAPH_VENV / "bin" / "pip"), "install", "-q", *LANGGRAPH_PACKAGES], check=True)
+    return exe
+
+
+class LangGraphDev(Target):
+    """LangGraph's own dev server (``langgraph dev``, in-memory runtime) serving the same graph."""
+
+    name = "langgraph-dev"
+
+    def __init__(self, install: bool = False) -> None:
+        exe = langgraph_venv(install)
+        conf_dir = Path(tempfile.mkdtemp(prefix="bench-langgraph-"))
+        (conf_dir / "langgraph.json").write_text(json.dumps({
+            "dependencies": ["."], "graphs": {"firehose": str(ROOT / "bench" / "graphs.py") + ":firehose"}}))
+        self.proc = Subprocess(
+            [str(exe), "dev", "--config", str(conf_dir / "langgraph.json"), "--host", "127.0.0.1",
+             "--port", "{port}", "--no-browser", "--no-reload", "--n-jobs-per-worker", "1000",
+             "--server-log-level", "WARNING"], "langgraph-dev", cwd=conf_dir,
+            env={"LANGSMITH_TRACING": "false", "LANGCHAIN_TRACING_V2": "false",
+                 "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LOG_LEVEL": "WARNING"}).start(health="/ok", timeout=120)
+        self.url = self.proc.url
+        self.sse_urls = [self.url]
+
+    def pids(self) -> list[int]:
+        return [self.proc.proc.pid]
+
+    def new_run(self, count: int, rate: float, gate: Path | None = None) -> RunRef:
+        inp: dict[str, Any] = {"count": count, "rate": rate}
+        if gate:
+            inp["gate"] = str(gate)
+        with httpx.Client(base_url=self.url, timeout=30) as c:
+            tid = c.post("/threads", json={}).raise_for_status().json()["thread_id"]
+            r = c.post(f"/threads/{tid}/runs", json={
+                "assistant_id": "firehose", "input": inp, "stream_mode": ["custom"],
+                "stream_resumable": True}).raise_for_status()
+        rid = r.json()["run_id"]
+        return RunRef(rid, f"/threads/{tid}/runs/{rid}/stream?stream_mode=custom", tid)
+
+    def create_spec(self, count: int, rate: float) -> tuple[str, dict, bool]:
+        return self.url + "/runs/stream", {"assistant_id": "firehose", "input": {"count": count, "rate": rate},
+                                           "stream_mode": ["custom"]}, True
+
+    def probes(self) -> dict[str, tuple[str, str, Any]]:
+        return {"health": ("GET", "/ok", None), "list": ("POST", "/threads/search", {"limit": 10})}
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def start_target(name: str, *, install_langgraph: bool = False, env: dict[str, str] | None = None) -> Target:
+    say(f"starting {name}")
+    if name == "ours":
+        return Ours(env)
+    if name == "ours-redis":
+        return OursOverRedis(env)
+    if name == "raw":
+        return Raw()
+    if name == "langgraph-dev":
+        return LangGraphDev(install_langgraph)
+    raise ValueError(name)
+
+
+# -- load generators -------------------------------------------------------------------
+
+def split(n: int, parts: int) -> list[int]:
+    return [k for k in (n // parts + (1 if i < n % parts else 0) for i in range(parts)) if k]
+
+
+class LoadGen:
+    """Load-generator processes (``bench.loadgen`` for SSE, ``bench.socketio_loadgen`` for
+    Socket.IO) sharing ``clients`` connections; READY/DONE on their stdout."""
+
+    def __init__(self, argv_for: list[list[str]], *, transport: str = "sse", idle: bool = False) -> None:
+        module = "bench.loadgen" if transport == "sse" else "bench.socketio_loadgen"
+        self.idle = idle
+        self.out = [str(Path(tempfile.gettempdir()) / f"bench-lg-{uuid.uuid4().hex}") for _ in argv_for]
+        self.procs = [subprocess.Popen(
+            [sys.executable, "-m", module, *argv, *(["--idle"] if idle else ["--out", out])],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for argv, out in zip(argv_for, self.out)]
+
+    @classmethod
+    def watch(cls, target: Target, run: RunRef, clients: int, *, transport: str = "sse", procs: int = 1,
+              timeout: float = 300.0, idle: bool = False, last_event_id: str | None = None) -> LoadGen:
+        """``clients`` watching one run, SSE spread over the target's API processes, or Socket.IO."""
+        argv = []
+        for n in split(clients, procs):
+            if transport == "sse":
+                a = [x for u in target.sse_urls for x in ("--url", u + run.stream_url)]
+                if last_event_id is not None:
+                    a += ["--last-event-id", last_event_id]
+            else:
+                a = ["--url", target.url, "--run-id", run.run_id, *(["--batch"] if transport == "socketio_batch" else [])]
+            argv.append([*a, "--clients", str(n), "--timeout", str(timeout)])
+        return cls(argv, transport=transport, idle=idle)
+
+    @classmethod
+    def create(cls, target: Target, runs: int, count: int, rate: float, spread_s: float,
+               timeout: float) -> LoadGen:
+        url, body, in_response = target.create_spec(count, rate)
+        return cls([["--create", url, "--body", json.dumps(body), "--clients", str(runs), "--spread",
+                     str(spread_s), "--timeout", str(timeout), *(["--stream-in-response"] if in_response else [])]])
 
     def wait_ready(self) -> float:
-        """Block until every process reports all its clients connected; returns that time."""
+        """Block until every process reports its clients connected; returns that time."""
         times = []
         for p in self.procs:
             line = p.stdout.readline().split() if p.stdout else []
-            if not line or line[0] != "READY":
+            if not line or line[0] != "READY" or (self.idle and int(line[2]) == 0):
                 self.kill()
-                err = p.stderr.read() if p.stderr else ""
-                raise RuntimeError(f"load generator failed to connect: {line} {err[-2000:]}")
+                raise RuntimeError(f"load generator failed to connect: {line} {p.stderr.read()[-2000:]}")
             times.append(float(line[1]))
         return max(times)
 
-    def collect(self, ready_at: float, started_at: float) -> LoadResult:
-        cpu = 0.0
-        errors = []
-        for p in self.procs:
+    def collect(self) -> Delivery:
+        parts, errors = [], []
+        for p, out in zip(self.procs, self.out):
             line = p.stdout.readline().strip() if p.stdout else ""
             if line != "DONE":
-                errors.append(f"load generator said {line!r}: {p.stderr.read()[-2000:] if p.stderr else ''}")
+                errors.append(f"load generator said {line!r}: {p.stderr.read()[-1000:]}")
             p.wait(30)
-        wall = time.time() - started_at
-        samples = array("d")
-        clients: list[dict] = []
-        for out in self.out[:len(self.procs)]:
             try:
-                with open(f"{out}.bin", "rb") as f:
-                    samples.frombytes(f.read())
-                result = json.loads(Path(f"{out}.json").read_text())
-                clients += result["clients"]
-                cpu += result["cpu_s"]
+                parts.append(Delivery.load(out))
             except OSError as exc:
-                errors.append(str(exc))
-            for suffix in (".bin", ".json"):
-                Path(f"{out}{suffix}").unlink(missing_ok=True)
-        return LoadResult(ready_at, started_at, samples, clients, cpu, wall, errors)
+                errors.append(repr(exc))
+        d = Delivery.merge(parts)
+        d.errors += errors
+        return d
+
+    def release(self) -> None:
+        """Idle clients: close stdin, they disconnect and exit."""
+        for p in self.procs:
+            p.stdin.close()
+        for p in self.procs:
+            p.wait(30)
 
     def kill(self) -> None:
         for p in self.procs:

@@ -2,19 +2,21 @@
 
     python -m uvicorn bench.raw_broadcaster:app --port 8100 --log-level warning
 
-``GET /events`` streams; ``POST /start?count=N&rate=R`` starts an in-process producer
-that emits N THOUGHT events at R per second (the same absolute-schedule, one sleep per
-10 ms pacing as ``bench/graphs.py``), then a terminal STATUS event, after which every
-stream ends. Frames and JSON are shaped like thoughtstream's (``id``/``event``/``data``
-with ``run_id, seq, ns, agent, data, ts``); each event is encoded once and shared, and a
-client writes whatever is queued in one write, as thoughtstream's design asks. No log,
-no resync, no ping, no disconnect watcher: what is left is the cost of Starlette,
-uvicorn and asyncio themselves.
+``POST /runs {count, rate, gate?}`` creates a run and answers ``{run_id, events_url}``
+as thoughtstream does; its in-process producer emits the firehose's chunks on the
+firehose's schedule (``bench.graphs.paced``) once the ``gate`` file exists (or, without
+a gate, once its first subscriber is attached: there is no log to replay), then a
+terminal STATUS event, after which every stream of the run ends. ``GET
+/runs/{id}/events`` streams. Frames are shaped like thoughtstream's (``id``/``event``/
+``data``); each event is encoded once and shared, and a client writes whatever is
+queued in one write. No log, no replay, no ping, no disconnect watcher: what is left is
+the cost of Starlette, uvicorn and asyncio themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import AsyncIterator
 
@@ -24,48 +26,62 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .graphs import TICK_S, token
-
-RUN_ID = "raw"
+from .graphs import chunk, paced, wait_gate
 
 
-class Hub:
-    def __init__(self) -> None:
+class Run:
+    def __init__(self, run_id: str, count: int, rate: float, gate: str | None) -> None:
+        self.run_id = run_id
         self.queues: set[asyncio.Queue[bytes | None]] = set()
-        self.producer: asyncio.Task[None] | None = None
-        self.run = 0
+        self.attached = asyncio.Event()
+        self.seq = 0
+        self.task = asyncio.create_task(self.produce(count, rate, gate), name=f"raw-{run_id}")
 
-    def publish(self, item: bytes | None) -> None:
+    def publish(self, ns: str, data: dict) -> None:
+        self.seq += 1
+        body = orjson.dumps({"run_id": self.run_id, "seq": self.seq, "ns": ns, "agent": "emit",
+                             "data": data, "ts": time.time()})
+        frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, ns.encode(), body)
         for q in self.queues:
-            q.put_nowait(item)
+            q.put_nowait(frame)
 
-    async def produce(self, count: int, rate: float) -> None:
-        self.run += 1
-        run_id = f"{RUN_ID}-{self.run}"
-        loop = asyncio.get_running_loop()
-        per_tick = max(1, round(rate * TICK_S))
-        t0 = loop.time()
-        for i in range(count):
-            self.publish(frame(run_id, i + 1, "THOUGHT", "emit", {"text": token(i)}))
-            n = i + 1
-            if n % per_tick == 0 or n == count:
-                await asyncio.sleep(max(0.0, t0 + n / rate - loop.time()))
-        self.publish(frame(run_id, count + 1, "STATUS", "server", {"state": "succeeded"}))
-        self.publish(None)
+    async def produce(self, count: int, rate: float, gate: str | None) -> None:
+        try:
+            if gate:
+                await wait_gate(gate)
+            else:
+                await self.attached.wait()
 
+            def emit(i: int) -> None:
+                data = chunk(i)
+                self.publish(data.pop("ns"), data)
 
-def frame(run_id: str, seq: int, ns: str, agent: str, data: dict) -> bytes:
-    body = orjson.dumps({"run_id": run_id, "seq": seq, "ns": ns, "agent": agent, "data": data,
-                         "ts": time.time()})
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, ns.encode(), body)
+            await paced(count, rate, emit)
+            self.publish("STATUS", {"state": "succeeded"})
+        finally:
+            for q in self.queues:
+                q.put_nowait(None)
+            runs.pop(self.run_id, None)
 
 
-hub = Hub()
+runs: dict[str, Run] = {}
+ids = itertools.count(1)
+
+
+async def create(request: Request) -> Response:
+    body = await request.json()
+    run_id = f"raw-{next(ids)}"
+    runs[run_id] = Run(run_id, int(body["count"]), float(body["rate"]), body.get("gate"))
+    return JSONResponse({"run_id": run_id, "events_url": f"/runs/{run_id}/events"}, status_code=202)
 
 
 async def events(request: Request) -> Response:
+    run = runs.get(request.path_params["run_id"])
+    if run is None:
+        return JSONResponse({"error": "no such run (or it ended)"}, status_code=404)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-    hub.queues.add(queue)
+    run.queues.add(queue)
+    run.attached.set()
 
     async def stream() -> AsyncIterator[bytes]:
         try:
@@ -75,33 +91,29 @@ async def events(request: Request) -> Response:
                 while not queue.empty():
                     items.append(queue.get_nowait())
                 end = items[-1] is None
-                chunk = b"".join(items[:-1] if end else items)
-                if chunk:
-                    yield chunk
+                data = b"".join(items[:-1] if end else items)
+                if data:
+                    yield data
                 if end:
                     return
         finally:
-            hub.queues.discard(queue)
+            run.queues.discard(queue)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def start(request: Request) -> Response:
-    if hub.producer is not None and not hub.producer.done():
-        return JSONResponse({"error": "a producer is already running"}, status_code=409)
-    count = int(request.query_params.get("count", "2000"))
-    rate = float(request.query_params.get("rate", "500"))
-    hub.producer = asyncio.create_task(hub.produce(count, rate), name="raw-producer")
-    return JSONResponse({"clients": len(hub.queues), "count": count, "rate": rate}, status_code=202)
-
-
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"ok": True, "clients": len(hub.queues)})
+    return JSONResponse({"ok": True, "runs": len(runs)})
+
+
+async def list_runs(request: Request) -> Response:
+    return JSONResponse([{"run_id": r.run_id, "seq": r.seq} for r in list(runs.values())[:10]])
 
 
 app = Starlette(routes=[
-    Route("/events", events, methods=["GET"]),
-    Route("/start", start, methods=["POST"]),
+    Route("/runs", create, methods=["POST"]),
+    Route("/runs", list_runs, methods=["GET"]),
+    Route("/runs/{run_id}/events", events, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
 ])

@@ -1,15 +1,14 @@
 """Socket.IO load generator: N clients on raw asyncio sockets speaking WebSocket + Engine.IO 4.
 
 The Socket.IO twin of ``bench/loadgen.py``, with the same contract towards its parent
-(``bench.socketio_fanout``), so both transports are measured by equally cheap clients:
+(READY/DONE on stdout, ``<out>.json`` and ``<out>.bin``; see ``bench/clients.py``):
 
     python -m bench.socketio_loadgen --url http://127.0.0.1:PORT --run-id ID --clients 50 --out /tmp/x
+        [--batch] [--after SEQ] [--idle]
 
-On stdout: ``READY <epoch> <n>`` once every client has its ``subscribe`` ack, then
-``DONE`` once every client has seen ``run_end`` (or the timeout hit). Results go to
-``<out>.json`` (per-client counts and checks) and ``<out>.bin`` (float64 pairs ``ts,
-recv`` for every THOUGHT event). With ``--idle`` the clients only connect and subscribe,
-print READY, and stay until stdin closes (memory per idle connection).
+READY comes once every client has its ``subscribe`` ack; a client is done at ``run_end``.
+``--batch`` subscribes with ``batch: true`` (``events`` lists); ``--idle`` only connects,
+subscribes and holds until stdin closes. Order is checked on ``seq`` (every event).
 
 Raw sockets, not python-socketio + aiohttp: per WebSocket message this does one frame
 header parse and one orjson parse. Client frames use the all-zero mask key (masking is
@@ -21,17 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import os
-import resource
-import sys
 import time
 from array import array
 from urllib.parse import urlsplit
 
 import orjson
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+from .clients import finish_run, hold_until_stdin_closes, open_all, runner
+
 ZERO_MASK = b"\x00\x00\x00\x00"
 
 
@@ -50,35 +47,27 @@ def ws_control_frame(opcode: int, payload: bytes = b"") -> bytes:
     return bytes((0x80 | opcode, 0x80 | len(payload))) + ZERO_MASK + payload
 
 
-def raise_fd_limit(want: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 class SioClient(asyncio.Protocol):
     """One Socket.IO connection over WebSocket that subscribes to one run from seq 0."""
 
-    def __init__(self, host: str, port: int, run_id: str, samples: array,
-                 ready: asyncio.Future, done: asyncio.Future, *, idle: bool = False, batch: bool = False) -> None:
+    def __init__(self, host: str, port: int, run_id: str, *, after: int = 0, batch: bool = False) -> None:
+        loop = asyncio.get_running_loop()
         key = base64.b64encode(os.urandom(16)).decode()
         self.request = (f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
                         f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                         f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
-        sub = {"run_id": run_id, "after": 0, **({"batch": True} if batch else {})}
+        sub = {"run_id": run_id, "after": after, **({"batch": True} if batch else {})}
         self.subscribe = ws_text_frame(b'421["subscribe",' + orjson.dumps(sub) + b"]")
-        self.samples = samples
-        self.ready = ready
-        self.done = done
-        self.idle = idle
+        self.ready: asyncio.Future[bool] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.triplets = array("d")  # i, t, recv of every token
+        self.first_i: int | None = None
+        self.last_i: int | None = None
+        self.started = time.time()
         self.transport: asyncio.Transport | None = None
         self.upgraded = False
         self.buf = b""
         self.frag: list[bytes] = []
-        self.events = 0
-        self.thoughts = 0
-        self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.violations = 0
         self.ended = False
@@ -190,87 +179,51 @@ class SioClient(asyncio.Protocol):
 
     def _event(self, ev: dict, now: float) -> None:
         seq = ev["seq"]
-        self.events += 1
-        if self.last_seq is None:
-            self.first_seq = seq
-        elif seq != self.last_seq + 1:
+        if self.last_seq is not None and seq != self.last_seq + 1:
             self.violations += 1
         self.last_seq = seq
         if ev["ns"] == "THOUGHT":
-            self.thoughts += 1
-            self.samples.append(ev["ts"])
-            self.samples.append(now)
+            i = ev["data"]["i"]
+            if self.first_i is None:
+                self.first_i = i
+            self.last_i = i
+            self.triplets.extend((i, ev["data"]["t"], now))
+
+    def parse_pending(self) -> None:
+        """Nothing deferred: each message is parsed on arrival (one orjson call)."""
 
     def summary(self) -> dict:
-        return {"events": self.events, "thoughts": self.thoughts, "first_seq": self.first_seq,
-                "last_seq": self.last_seq, "violations": self.violations + max(0, self.ends - 1),
-                "ended": self.ended, "error": self.error, "reads": self.reads}
+        return {"tokens": len(self.triplets) // 3, "first_i": self.first_i, "last_i": self.last_i,
+                "violations": self.violations + max(0, self.ends - 1), "ended": self.ended,
+                "error": self.error, "reads": self.reads, "started": self.started}
 
 
-async def open_all(loop: asyncio.AbstractEventLoop, protos: list, host: str, port: int, batch: int = 200) -> None:
-    """Connect in batches (a thousand at once overflows the listen backlog on small machines)."""
-    for i in range(0, len(protos), batch):
-        await asyncio.gather(*(loop.create_connection(lambda p=p: p, host, port) for p in protos[i:i + batch]))
-
-
-async def run(url: str, run_id: str, clients: int, timeout: float, out: str | None, idle: bool,
-              batch: bool = False) -> None:
-    parts = urlsplit(url)
+async def run(args: argparse.Namespace) -> None:
+    parts = urlsplit(args.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    loop = asyncio.get_running_loop()
-    samples = array("d")
-    protos = [SioClient(host, port, run_id, samples, loop.create_future(), loop.create_future(),
-                        idle=idle, batch=batch) for _ in range(clients)]
-    await open_all(loop, protos, host, port)
-    oks = await asyncio.wait_for(asyncio.gather(*(p.ready for p in protos)), 120)
+    clients = [SioClient(host, port, args.run_id, after=args.after, batch=args.batch)
+               for _ in range(args.clients)]
+    await open_all(clients, [(host, port)])
+    oks = await asyncio.wait_for(asyncio.gather(*(c.ready for c in clients)), 120)
     print(f"READY {time.time():.6f} {sum(oks)}", flush=True)
-    if idle:
-        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes our stdin
-        for p in protos:
-            p.ended = True
-            if p.transport is not None:
-                p.transport.close()
-        print("DONE", flush=True)
-        return
-    cpu0 = time.process_time()
-    try:
-        await asyncio.wait_for(asyncio.gather(*(p.done for p in protos)), timeout)
-    except TimeoutError:
-        for p in protos:
-            if not p.ended and p.error is None:
-                p.error = f"timeout after {timeout}s"
-    for p in protos:
-        if p.transport is not None:
-            p.transport.close()
-    if out:
-        with open(out + ".bin", "wb") as f:
-            samples.tofile(f)
-        with open(out + ".json", "w") as f:
-            json.dump({"clients": [p.summary() for p in protos], "cpu_s": time.process_time() - cpu0}, f)
-    print("DONE", flush=True)
+    if args.idle:
+        await hold_until_stdin_closes(clients)
+    else:
+        await finish_run(clients, args.timeout, args.out)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", required=True, help="the server's base URL")
     p.add_argument("--run-id", required=True)
+    p.add_argument("--after", type=int, default=0, help="subscribe from this cursor (seq)")
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--out", help="results path prefix (.json and .bin are added)")
     p.add_argument("--idle", action="store_true", help="connect, subscribe, then wait for stdin to close")
     p.add_argument("--batch", action="store_true", help="subscribe with batch: true (``events`` lists)")
     args = p.parse_args()
-    raise_fd_limit(args.clients + 64)
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - depends on the machine
-        runner = asyncio.run
-    try:
-        runner(run(args.url, args.run_id, args.clients, args.timeout, args.out, args.idle, args.batch))
-    except Exception as exc:  # report to the parent instead of hanging it
-        print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
-        sys.exit(1)
+    runner(run(args), args.clients)
 
 
 if __name__ == "__main__":

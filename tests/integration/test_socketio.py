@@ -32,7 +32,7 @@ Payload.max_decode_packets = 100_000
 TERMINAL = {"succeeded", "failed", "cancelled"}
 AGENTS = {
     "ticker": "tests/integration/graphs.py:ticker",
-    "bulk": "bench/socketio_graph.py:bulk",
+    "bulk": "tests/fixtures/bulk_graph.py:bulk",
 }
 STRICT_ORIGIN = "https://app.example.com"
 LOG_MAX = 2000

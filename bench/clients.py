@@ -1,0 +1,86 @@
+"""What the two load generators (``bench.loadgen``, ``bench.socketio_loadgen``) share.
+
+A client is an ``asyncio.Protocol`` with ``ready``/``done`` futures, ``transport``,
+``ended``/``error``, ``parse_pending()``, ``triplets`` (float64 ``i, t, recv`` per token)
+and ``summary()``. The stdout/file contract with the parent is described in
+``bench/loadgen.py``; ``bench.core.Delivery.load`` reads the files back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from typing import Any, Coroutine, Sequence
+
+CONNECT_BATCH = 200  # a thousand connects at once overflow the listen backlog on small machines
+
+
+def raise_fd_limit(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def open_all(clients: Sequence[Any], addrs: Sequence[tuple[str, int]]) -> None:
+    """Connect client k to ``addrs[k % len(addrs)]``, in batches."""
+    loop = asyncio.get_running_loop()
+    for start in range(0, len(clients), CONNECT_BATCH):
+        await asyncio.gather(*(
+            loop.create_connection(lambda c=c: c, *addrs[(start + k) % len(addrs)])
+            for k, c in enumerate(clients[start:start + CONNECT_BATCH])))
+
+
+async def hold_until_stdin_closes(clients: Sequence[Any]) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for c in clients:
+        c.ended = True
+        if c.transport is not None:
+            c.transport.close()
+    print("DONE", flush=True)
+
+
+async def finish_run(clients: Sequence[Any], timeout: float, out: str | None,
+                     starts: Sequence[asyncio.Task] = ()) -> None:
+    """Wait for every stream to end (or the timeout), then write the results and say DONE."""
+    cpu0 = time.process_time()
+    try:
+        await asyncio.wait_for(asyncio.gather(*starts, *(c.done for c in clients)), timeout)
+    except TimeoutError:
+        for c in clients:
+            if not c.ended and c.error is None:
+                c.error = f"timeout after {timeout}s"
+    except OSError as exc:  # a create that could not connect
+        for c in clients:
+            if not c.ended and c.error is None:
+                c.error = repr(exc)
+    cpu_s = time.process_time() - cpu0  # the stream's cost, before the deferred parsing
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+        c.parse_pending()
+    if out:
+        with open(out + ".bin", "wb") as f:
+            for c in clients:
+                c.triplets.tofile(f)
+        with open(out + ".json", "w") as f:
+            json.dump({"clients": [c.summary() for c in clients], "cpu_s": cpu_s}, f)
+    print("DONE", flush=True)
+
+
+def runner(main: Coroutine[Any, Any, None], clients: int) -> None:
+    """Run ``main`` on uvloop (the servers' loop; cheaper per read), errors reported on stdout."""
+    raise_fd_limit(clients + 256)
+    try:
+        import uvloop
+        run = uvloop.run
+    except ImportError:  # pragma: no cover - depends on the machine
+        run = asyncio.run
+    try:
+        run(main)
+    except Exception as exc:  # report to the parent instead of hanging it
+        print(f"ERROR {type(exc).__name__}: {exc}", flush=True)
+        sys.exit(1)
