@@ -11,7 +11,7 @@ import logging
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol
 
 from ..events import Event
 
@@ -148,6 +148,17 @@ class Bus(Protocol):
         A backend may show an event only once it is durable (the journaled memory bus
         does, so no client ever sees an event a crash could take back).
         """
+        ...
+
+
+class ControlBus(Bus, Protocol):
+    """A bus that spans processes also carries control messages (a cancel for the worker
+    that owns a run) over the connection it already holds for fan-out."""
+
+    async def on_control(self, name: str, handler: Callable[[dict[str, Any]], Any]) -> None: ...
+
+    async def publish_control(self, name: str, message: dict[str, Any]) -> int:
+        """Send ``message`` to every process listening on ``name``; returns how many got it."""
         ...
 
 

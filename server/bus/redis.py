@@ -5,31 +5,28 @@ PUBLISHes it to the run's channel and refreshes the expiry. Each process holds o
 pub/sub connection, subscribed to a run's channel only while local subscribers
 watch it, and dispatches to them in-process. When that connection drops, it
 reconnects with capped backoff and every local subscriber resyncs from the Stream.
+
+The bus opens no connection of its own: the backend opener hands it a ``RedisOps``
+(the pooled client, the pub/sub client, the one retry policy) that the run store and
+the queue share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from typing import Any, Awaitable, Callable
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
+from ..backoff import Backoff
 from ..events import Event, dumps
-from .base import BackendUnavailable, CursorExpired, LogBounds, LogClosed, Sink
+from ..redis_ops import TRANSIENT, RedisOps
+from .base import CursorExpired, LogBounds, Sink
 
 log = logging.getLogger(__name__)
-
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 # KEYS: log stream, meta hash. ARGV: event JSON without its seq (ends in '"seq":'),
 # channel, maxlen, ttl ms after the end, terminal flag, append token (makes a retried
@@ -59,23 +56,16 @@ return seq
 class RedisBus:
     """Logs in Redis Streams under ``{prefix}:run:{id}:log``; fan-out over pub/sub."""
 
-    def __init__(self, url: str, *, prefix: str, max_events: int, ttl_s: float,
-                 subscriber_buffer: int, outage_s: float = 10.0,
-                 live_ttl_s: float | None = None, max_connections: int = 64) -> None:
-        self.url = url
+    def __init__(self, ops: RedisOps, *, prefix: str, max_events: int, ttl_s: float,
+                 subscriber_buffer: int, live_ttl_s: float | None = None) -> None:
+        self._ops = ops
         self.prefix = prefix
         self.max_events = max_events
         self.ttl_ms = int(ttl_s * 1000)
         # A live run may be quiet for long; its log must outlive any run (timeout + ttl).
         self.live_ttl_ms = int((live_ttl_s if live_ttl_s is not None else ttl_s + 3600) * 1000)
         self.subscriber_buffer = subscriber_buffer
-        self.outage_s = outage_s
-        # A bounded pool: a burst of subscribers reading history waits for a connection
-        # instead of opening one each (and keeping them all open afterwards).
-        pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=outage_s,
-                                               socket_connect_timeout=2, socket_timeout=5)
-        self.redis = Redis(connection_pool=pool)
-        self._append = self.redis.register_script(APPEND)
+        self._append = ops.register_script(APPEND)
         self._sinks: dict[str, set[Sink]] = {}  # channel -> local sinks
         self._control: dict[str, Callable[[dict[str, Any]], Awaitable[None] | None]] = {}
         self._pubsub: Any = None
@@ -104,17 +94,14 @@ class RedisBus:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
         if self._pubsub is not None:
-            await self._pubsub.aclose()
-        await self.redis.aclose(close_connection_pool=True)
+            pubsub, self._pubsub = self._pubsub, None
+            await pubsub.aclose()
 
     async def flush(self) -> None:
         """Appends are visible once they return: nothing to wait for."""
 
     async def ping(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self.redis.ping(), 2))
-        except (*TRANSIENT, asyncio.TimeoutError):
-            return False
+        return await self._ops.ping()
 
     # -- log ----------------------------------------------------------------
     async def append(self, run_id: str, ns: str, agent: str, data: dict[str, Any]) -> Event:
@@ -126,37 +113,19 @@ class RedisBus:
         keys = [self.log_key(run_id), self.meta_key(run_id)]
         args = [head, self.channel(run_id), self.max_events, self.ttl_ms, int(terminal), token,
                 self.live_ttl_ms]
-        seq = await self.with_retry(lambda: self._append(keys=keys, args=args))
+        seq = await self._ops.call(lambda: self._append(keys=keys, args=args))
         return Event(run_id, int(seq), ns, agent, data, ts)
-
-    async def with_retry(self, op: Callable[[], Awaitable[Any]]) -> Any:
-        """Ride out a short outage (bounded by outage_s); then let the caller fail."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.outage_s
-        delay = 0.05
-        while True:
-            try:
-                return await op()
-            except ResponseError as exc:
-                if "LOGCLOSED" in str(exc):
-                    raise LogClosed("the run has ended; its log takes no more events") from None
-                raise
-            except TRANSIENT as exc:
-                if loop.time() + delay > deadline:
-                    raise BackendUnavailable(f"redis unreachable for {self.outage_s:g}s: {exc}") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
 
     async def read(self, run_id: str, after: int, limit: int | None = None) -> list[Event]:
         key = self.log_key(run_id)
 
         async def op() -> Any:
-            async with self.redis.pipeline(transaction=False) as p:
+            async with self._ops.client.pipeline(transaction=False) as p:
                 p.xrange(key, "-", "+", count=1)
                 p.xrange(key, f"{after + 1}-0", "+", count=limit)
                 return await p.execute()
 
-        first, rows = await self.with_retry(op)
+        first, rows = await self._ops.call(op)
         if first:
             first_seq = int(first[0][0].split(b"-")[0])
             if after < first_seq - 1:
@@ -165,12 +134,12 @@ class RedisBus:
 
     async def bounds(self, run_id: str) -> LogBounds | None:
         async def op() -> Any:
-            async with self.redis.pipeline(transaction=False) as p:
+            async with self._ops.client.pipeline(transaction=False) as p:
                 p.hmget(self.meta_key(run_id), "seq", "ended")
                 p.xrange(self.log_key(run_id), "-", "+", count=1)
                 return await p.execute()
 
-        (seq, ended), first = await self.with_retry(op)
+        (seq, ended), first = await self._ops.call(op)
         if seq is None:
             return None
         last = int(seq)
@@ -224,19 +193,18 @@ class RedisBus:
                     pass  # the listener subscribes every control channel when it reconnects
 
     async def publish_control(self, name: str, message: dict[str, Any]) -> int:
-        return await self.with_retry(
-            lambda: self.redis.publish(self.control_channel(name), orjson.dumps(message)))
+        return await self._ops.call(
+            lambda: self._ops.client.publish(self.control_channel(name), orjson.dumps(message)))
 
     async def _connect(self) -> None:
-        client = Redis.from_url(self.url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
-        pubsub = client.pubsub()
+        pubsub = self._ops.pubsub()
         async with self._lock:
             # A control channel is always subscribed, so the connection is never idle-empty.
             await pubsub.subscribe(self.control_channel("all"), *self._control, *self._sinks)
             self._pubsub = pubsub
 
     async def _listen_forever(self) -> None:
-        delay = 0.1
+        backoff = Backoff(first=0.1, cap=5.0)
         first = True
         while True:
             try:
@@ -249,13 +217,14 @@ class RedisBus:
                         for sink in list(sinks):
                             sink.resync_needed()
                 first = False
-                delay = 0.1
+                backoff.reset()
                 self._connected.set()
                 await self._pump()
             except asyncio.CancelledError:
                 raise
             except TRANSIENT as exc:
-                log.warning("redis pub/sub connection lost (%s); retrying in %.1fs", exc, delay)
+                log.warning("redis pub/sub connection lost (%s); retrying in %.1fs", exc,
+                            backoff.next_delay)
             except Exception:
                 log.exception("redis pub/sub listener failed; restarting")
             self._connected.clear()
@@ -265,8 +234,7 @@ class RedisBus:
                     await pubsub.aclose()
                 except Exception:  # the connection is already gone
                     pass
-            await asyncio.sleep(delay * (1 + random.random() / 4))
-            delay = min(delay * 2, 5.0)
+            await backoff.wait()
 
     async def _pump(self) -> None:
         pubsub = self._pubsub

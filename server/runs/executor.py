@@ -1,7 +1,8 @@
-"""Execute one run: stream the graph, turn every chunk into an event, end it once.
+"""Execute one run: stream the graph, turn every chunk into an event.
 
-The executor owns the run's lifecycle events: STATUS on every transition, RESULT at
-the end, ERROR with a message when the graph fails (the run fails, the server does not).
+The executor announces the transitions it makes (STATUS running, interrupted); how
+the run ends — RESULT, ERROR, the one terminal STATUS — is written by the lifecycle
+(``lifecycle.py``), which every other path that ends a run calls too.
 """
 
 from __future__ import annotations
@@ -14,17 +15,15 @@ from typing import Any
 
 import orjson
 
-from ..bus.base import Bus
-from ..events import ERROR, RESULT, STATUS, STEP, THOUGHT, dumps
-from .store import (CANCELLED, FAILED, INTERRUPTED, NO_ANSWER, RUNNING, SUCCEEDED, RunRecord,
-                    RunStore)
+from ..bus.base import BackendUnavailable, Bus
+from ..events import STATUS, STEP, THOUGHT, dumps
+from .lifecycle import SHUTDOWN_REASON, Lifecycle, RunHandle, to_the_end
+from .store import INTERRUPTED, NO_ANSWER, RUNNING, InvalidTransition, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 
 CUSTOM = "CUSTOM"
-SHUTDOWN_REASON = "server shutting down"
 STREAM_MODES = ["messages", "custom", "updates", "values", "checkpoints"]
-RESUMED = "resumed"
 
 
 def agent_path(namespace: tuple[str, ...], node: str | None) -> str:
@@ -117,9 +116,11 @@ class Executor:
     """Runs graphs for records; one call of ``run`` per attempt."""
 
     def __init__(self, *, bus: Bus, store: RunStore, registry: Any, run_timeout_s: float,
-                 checkpointer: Any = None, resumable: bool = False) -> None:
+                 lifecycle: Lifecycle | None = None, checkpointer: Any = None,
+                 resumable: bool = False) -> None:
         self.bus = bus
         self.store = store
+        self.lifecycle = lifecycle or Lifecycle(store=store, bus=bus)
         self.registry = registry
         self.run_timeout_s = run_timeout_s
         self.checkpointer = checkpointer
@@ -143,7 +144,7 @@ class Executor:
         return {"configurable": {"thread_id": run_id}, "metadata": {"run_id": run_id}}
 
     async def rewind_point(self, rec: RunRecord, graph: Any) -> tuple[Any, int, int]:
-        """Where a resumed attempt starts: (graph input, rewind_to seq, step already logged).
+        """Where a recovered attempt starts: (graph input, rewind_to seq, step already logged).
 
         It continues from the newest checkpoint. That checkpoint's STEP event marks where
         its step ended in the log; what follows came from the step that runs again, so
@@ -170,78 +171,97 @@ class Executor:
     async def status(self, rec: RunRecord, state: str, **extra: Any) -> None:
         await self.bus.append(rec.run_id, STATUS, "server", {"state": state, **extra})
 
-    async def run(self, rec: RunRecord, cancel_reason: dict[str, str], *,
-                  worker: str | None = None, resume: bool = False,
-                  answer: Any = NO_ANSWER) -> RunRecord:
-        """Execute ``rec`` to its end. ``cancel_reason[run_id]`` says why a cancel came.
+    async def run(self, rec: RunRecord, handle: RunHandle | None = None, *,
+                  worker: str | None = None, recover: bool = False,
+                  answer: Any = NO_ANSWER) -> RunRecord | None:
+        """Execute ``rec`` to its end (or its next interrupt); ``handle`` says why a cancel came.
 
-        ``resume``: the run was RUNNING on a worker that died; continue it from its last
+        ``recover``: the run was RUNNING on a worker that died; continue it from its last
         checkpoint in the same log, announcing the rewind first. ``answer``: the run was
-        interrupted for a human; continue it with this value.
+        interrupted for a human; continue it with this value. Returns the record, or None
+        when the run was cancelled or answered before this attempt could start.
         """
         run_id = rec.run_id
-        attempt = rec.attempt + 1
         try:
             graph = self.graph(rec.agent)
         except Exception as exc:  # e.g. a worker started without this agent
-            rec = await self.store.transition(run_id, RUNNING, started_at=time.time(),
-                                              attempt=attempt, worker=worker)
-            return await self._fail(rec, "agent_unavailable", str(exc))
-        graph_input: Any = rec.input
+            return (await self.lifecycle.fail(run_id, "agent_unavailable", str(exc))).record
         mapper = ChunkMapper()
-        if resume:
-            graph_input, rewind_to, mapper.steps = await self.rewind_point(rec, graph)
-            rec = await self.store.update(run_id, attempt=attempt, worker=worker)
-            await self.status(rec, RESUMED, attempt=attempt, rewind_to=rewind_to)
-        elif answer is not NO_ANSWER:
-            from langgraph.types import Command
-
-            graph_input = Command(resume=answer)
-            attempt = rec.attempt  # same execution, continued; not a new attempt
-            mapper.steps = int(rec.progress.get("step", -2))  # its STEPs so far stay logged
-            rec = await self.store.transition(run_id, RUNNING, worker=worker)
-            await self.status(rec, RUNNING, attempt=attempt, answer=answer)
-        else:
-            rec = await self.store.transition(run_id, RUNNING, started_at=time.time(),
-                                              attempt=attempt, worker=worker)
-            await self.status(rec, RUNNING, attempt=attempt)
         started = time.monotonic()
         # The service validated it; min() keeps a per-run timeout within the server's maximum.
         timeout = min(float(rec.metadata.get("timeout_s") or self.run_timeout_s), self.run_timeout_s)
         try:
+            try:
+                rec, graph_input = await self._begin(rec, graph, mapper, worker, recover, answer)
+            except InvalidTransition as exc:
+                log.info("run %s not started: it is %s now", run_id, exc.current)
+                return None
             async with asyncio.timeout(timeout):
                 await self._stream(rec, graph, graph_input, mapper)
-        except asyncio.CancelledError:
-            reason = cancel_reason.pop(run_id, "cancelled")
+        except asyncio.CancelledError as exc:
+            reason = handle.cancel_reason(exc) if handle is not None else "cancelled"
             if reason == SHUTDOWN_REASON and self.resumable:
-                # Leave it running: the next start (or another worker) resumes it.
-                log.info("run %s left for resume after shutdown", run_id)
+                # Leave it running: the next start (or another worker) recovers it.
+                log.info("run %s left for recovery after shutdown", run_id)
             elif reason == SHUTDOWN_REASON:
-                await self._fail(rec, "shutdown", "the server shut down while the run was executing")
+                await self.lifecycle.fail(run_id, "shutdown",
+                                          "the server shut down while the run was executing")
             else:
-                await self._finish(rec, CANCELLED, error={"code": "cancelled", "message": reason})
+                await self.lifecycle.cancel(run_id, reason)
             raise
         except TimeoutError:
             msg = f"run exceeded its timeout of {timeout:g} s"
-            return await self._fail(rec, "timeout", msg)
+            return (await self.lifecycle.fail(run_id, "timeout", msg)).record
+        except BackendUnavailable:
+            # Not the graph's fault, and the ending could not be written either: the run
+            # stays as it is and is recovered once the backend is back.
+            raise
         except Exception as exc:  # the graph failed; the run fails, the server does not
             log.warning("run %s failed: %s", run_id, exc, exc_info=True)
-            return await self._fail(rec, type(exc).__name__, str(exc) or type(exc).__name__)
+            return (await self.lifecycle.fail(run_id, type(exc).__name__,
+                                              str(exc) or type(exc).__name__)).record
         # The graph is done: a cancel arriving now must not cut the record and the log
-        # apart (a record that says succeeded with no terminal event would hang watchers).
-        return await asyncio.shield(self._conclude(rec, graph, mapper, time.monotonic() - started))
+        # apart (a record that says interrupted with no event to say so, for one).
+        return await to_the_end(self._conclude(rec, graph, mapper, time.monotonic() - started))
 
-    async def _conclude(self, rec: RunRecord, graph: Any, mapper: ChunkMapper, elapsed: float) -> RunRecord:
+    async def _begin(self, rec: RunRecord, graph: Any, mapper: ChunkMapper, worker: str | None,
+                     recover: bool, answer: Any) -> tuple[RunRecord, Any]:
+        """Mark the attempt started; returns the record and the graph's input.
+        InvalidTransition: the record moved on meanwhile (cancelled, answered)."""
+        attempt = rec.attempt + 1
+        if recover:
+            graph_input, rewind_to, mapper.steps = await self.rewind_point(rec, graph)
+            rec = await self.lifecycle.resumed(rec, attempt=attempt, rewind_to=rewind_to,
+                                               worker=worker)
+            return rec, graph_input
+        if answer is not NO_ANSWER:
+            from langgraph.types import Command
+
+            mapper.steps = int(rec.progress.get("step", -2))  # its STEPs so far stay logged
+            rec = await self.store.transition(rec.run_id, RUNNING, worker=worker)
+            # The same execution, continued: not a new attempt.
+            await self.status(rec, RUNNING, attempt=rec.attempt, answer=answer)
+            return rec, Command(resume=answer)
+        rec = await self.store.transition(rec.run_id, RUNNING, started_at=time.time(),
+                                          attempt=attempt, worker=worker)
+        await self.status(rec, RUNNING, attempt=attempt)
+        return rec, rec.input
+
+    async def _conclude(self, rec: RunRecord, graph: Any, mapper: ChunkMapper,
+                        elapsed: float) -> RunRecord | None:
         run_id = rec.run_id
         if mapper.interrupts:
             interrupts = orjson.loads(dumps(mapper.interrupts))
-            rec = await self.store.transition(run_id, INTERRUPTED, progress={
-                "step": mapper.steps, "interrupts": interrupts})
+            try:
+                rec = await self.store.transition(run_id, INTERRUPTED, progress={
+                    "step": mapper.steps, "interrupts": interrupts})
+            except InvalidTransition as exc:  # ended meanwhile by someone else
+                log.info("run %s not interrupted: it is %s now", run_id, exc.current)
+                return None
             await self.status(rec, INTERRUPTED, interrupts=interrupts)
             return rec
         result = orjson.loads(dumps(graph_output(graph, mapper.output)))  # JSON-safe
-        await self.bus.append(run_id, RESULT, "graph", {"output": result})
-        return await self._finish(rec, SUCCEEDED, result=result, duration_s=round(elapsed, 3))
+        return (await self.lifecycle.succeed(run_id, result, duration_s=round(elapsed, 3))).record
 
     async def _stream(self, rec: RunRecord, graph: Any, graph_input: Any, mapper: ChunkMapper) -> None:
         # durability="sync": each step's checkpoint is written before the next step begins,
@@ -257,28 +277,3 @@ class Executor:
             await self.bus.append(rec.run_id, ns, agent, data)
             if ns == STEP:
                 await self.store.update(rec.run_id, progress={"step": mapper.steps, "next": data["next"]})
-
-    async def give_up(self, rec: RunRecord, code: str, message: str) -> RunRecord:
-        """End a run that cannot go on (e.g. out of attempts) with an ERROR and STATUS failed."""
-        return await self._fail(rec, code, message)
-
-    async def _fail(self, rec: RunRecord, code: str, message: str) -> RunRecord:
-        return await asyncio.shield(self._fail_now(rec, code, message))  # as in _conclude
-
-    async def _fail_now(self, rec: RunRecord, code: str, message: str) -> RunRecord:
-        await self.bus.append(rec.run_id, ERROR, "server", {"code": code, "message": message})
-        return await self._finish(rec, FAILED, error={"code": code, "message": message})
-
-    async def _finish(self, rec: RunRecord, state: str, *, error: dict | None = None,
-                      result: Any = None, duration_s: float | None = None) -> RunRecord:
-        """Exactly one terminal STATUS per run (contract item 4), then the record."""
-        rec = await self.store.transition(
-            rec.run_id, state, ended_at=time.time(), error=error, result=result
-        )
-        extra: dict[str, Any] = {}
-        if error is not None:
-            extra["error"] = error
-        if duration_s is not None:
-            extra["duration_s"] = duration_s
-        await self.status(rec, state, **extra)
-        return rec

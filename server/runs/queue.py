@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-from .executor import SHUTDOWN_REASON, Executor
 from typing import Any
 
-from .store import INTERRUPTED, NO_ANSWER, QUEUED, RUNNING, RunRecord, RunStore
+from .executor import Executor
+from .lifecycle import SHUTDOWN_REASON, Dispatch, Lifecycle, RunHandle
+from .store import NO_ANSWER, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +20,15 @@ class LocalRunner:
     that started it awaits it, so every task has an owner and shutdown is orderly.
     """
 
-    def __init__(self, *, executor: Executor, store: RunStore, concurrency: int) -> None:
+    def __init__(self, *, executor: Executor, store: RunStore, concurrency: int,
+                 lifecycle: Lifecycle | None = None) -> None:
         self.executor = executor
         self.store = store
+        self.lifecycle = lifecycle or executor.lifecycle
         self.concurrency = concurrency
-        self._queue: asyncio.Queue[tuple[str, Any, bool]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Dispatch] = asyncio.Queue()
         self._workers: set[asyncio.Task[None]] = set()
-        self._running: dict[str, asyncio.Task[object]] = {}
-        self._cancel_reason: dict[str, str] = {}
+        self._running: dict[str, RunHandle] = {}
 
     async def __aenter__(self) -> LocalRunner:
         for i in range(self.concurrency):
@@ -47,62 +48,57 @@ class LocalRunner:
 
     async def enqueue(self, run_id: str, answer: Any = NO_ANSWER) -> None:
         """Queue a run to start, or (with ``answer``) an interrupted run to continue."""
-        self._queue.put_nowait((run_id, answer, False))
+        self._queue.put_nowait(Dispatch(run_id, answer=answer))
 
-    async def recover(self, records: list[RunRecord], max_attempts: int) -> None:
-        """At start-up: queue again what a restart interrupted; resume what was running."""
+    async def recover(self, records: list[RunRecord]) -> None:
+        """At start-up, for every run the last process left behind: what the lifecycle
+        decides (queued runs start again, running ones resume, interrupted ones wait)."""
         for rec in sorted(records, key=lambda r: r.created_at):
-            if rec.status == QUEUED:
-                self._queue.put_nowait((rec.run_id, NO_ANSWER, False))
-            elif rec.status == RUNNING and rec.attempt < max_attempts:
-                log.warning("run %s was running when the process stopped; resuming it", rec.run_id)
-                self._queue.put_nowait((rec.run_id, NO_ANSWER, True))
-            elif rec.status == RUNNING:
-                await self.executor.give_up(rec, "attempts_exhausted",
-                                            f"the process stopped during each of its {max_attempts} attempts")
+            dispatch = await self.lifecycle.recover(rec, lost_because="the server stopped")
+            if dispatch is not None:
+                self._queue.put_nowait(dispatch)
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run executing here; False if it is not running in this process."""
-        task = self._running.get(run_id)
-        if task is None:
+        handle = self._running.get(run_id)
+        if handle is None or not handle.cancel(reason):
             return False
-        self._cancel_reason[run_id] = reason
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        assert handle.task is not None
+        await asyncio.gather(handle.task, return_exceptions=True)
         return True
 
     async def _work(self) -> None:
         while True:
-            run_id, answer, resume = await self._queue.get()
+            dispatch = await self._queue.get()
             try:
-                rec = await self.store.get(run_id)
-                wanted = RUNNING if resume else QUEUED if answer is NO_ANSWER else INTERRUPTED
-                if rec is None or rec.status != wanted:
-                    continue  # cancelled or answered while it waited, or forgotten
-                task = asyncio.create_task(
-                    self.executor.run(rec, self._cancel_reason, answer=answer, resume=resume),
-                    name=f"run-{run_id}")
-                self._running[run_id] = task
-                try:
-                    await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    if not task.done():  # the worker itself is being stopped
-                        raise
-                except Exception:
-                    log.exception("run %s crashed the executor", run_id)
-                finally:
-                    self._running.pop(run_id, None)
+                await self._execute(dispatch)
             finally:
                 self._queue.task_done()
 
+    async def _execute(self, dispatch: Dispatch) -> None:
+        rec = await self.store.get(dispatch.run_id)
+        if rec is None or rec.status != dispatch.from_status:
+            return  # cancelled or answered while it waited, or forgotten
+        handle = RunHandle(rec.run_id)
+        handle.start(self.executor.run(rec, handle, answer=dispatch.answer,
+                                       recover=dispatch.recover))
+        assert handle.task is not None
+        self._running[rec.run_id] = handle
+        try:
+            await asyncio.shield(handle.task)
+        except asyncio.CancelledError:
+            if not handle.task.done():  # the worker itself is being stopped
+                raise
+        except Exception:
+            log.exception("run %s crashed the executor", rec.run_id)
+        finally:
+            self._running.pop(rec.run_id, None)
+
     async def shutdown(self, grace_s: float = 5.0) -> None:
-        """Stop taking runs, cancel those in flight (they end failed/cancelled), then stop."""
-        running = list(self._running.items())
-        for run_id, task in running:
-            self._cancel_reason[run_id] = SHUTDOWN_REASON
-            task.cancel()
+        """Stop taking runs, cancel those in flight (they end, or stay for recovery), then stop."""
+        running = [h.task for h in self._running.values() if h.cancel(SHUTDOWN_REASON)]
         if running:
-            await asyncio.wait([t for _, t in running], timeout=grace_s)
+            await asyncio.wait([t for t in running if t is not None], timeout=grace_s)
         for w in list(self._workers):
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

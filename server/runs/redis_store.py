@@ -7,9 +7,9 @@ import functools
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from ..events import dumps
+from ..redis_ops import RedisOps
 from .store import _ALLOWED, InvalidTransition, RunRecord
 
 _FIELDS = [f.name for f in dataclasses.fields(RunRecord)]
@@ -38,23 +38,22 @@ def _encode(changes: dict[str, Any]) -> list[Any]:
 
 
 def _retried(fn: Any) -> Any:
-    """Ride out a short Redis outage like the bus does; a long one becomes a 503."""
+    """Ride out a short Redis outage with the backend's one retry policy; a long one is a 503."""
 
     @functools.wraps(fn)
     async def wrapper(self: RedisRunStore, *args: Any, **kwargs: Any) -> Any:
-        return await self.retry(lambda: fn(self, *args, **kwargs))
+        return await self.ops.call(lambda: fn(self, *args, **kwargs))
 
     return wrapper
 
 
 class RedisRunStore:
-    def __init__(self, redis: Redis, *, prefix: str, retry: Any,
-                 ttl_s: float = 7 * 24 * 3600) -> None:
-        self.redis = redis
-        self.retry = retry
+    def __init__(self, ops: RedisOps, *, prefix: str, ttl_s: float = 7 * 24 * 3600) -> None:
+        self.ops = ops
+        self.redis = ops.client
         self.prefix = prefix
         self.ttl_s = int(ttl_s)
-        self._transition = redis.register_script(TRANSITION)
+        self._transition = ops.register_script(TRANSITION)
 
     def key(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}"

@@ -8,8 +8,8 @@ from typing import Any, Protocol
 
 from ..bus.base import Bus
 from ..events import STATUS
-from .store import (CANCELLED, INTERRUPTED, NO_ANSWER, QUEUED, InvalidTransition, RunRecord,
-                    RunStore, new_run_id)
+from .lifecycle import Lifecycle
+from .store import INTERRUPTED, NO_ANSWER, QUEUED, RunRecord, RunStore, new_run_id
 
 
 class ServiceError(Exception):
@@ -45,17 +45,26 @@ class Busy(ServiceError):
 
 
 class Runner(Protocol):
-    async def enqueue(self, run_id: str, answer: Any = NO_ANSWER) -> None: ...
-    async def cancel(self, run_id: str, reason: str) -> bool: ...
+    """Where runs execute: the embedded queue, or the Redis queue its workers pull from."""
+
+    async def enqueue(self, run_id: str, answer: Any = NO_ANSWER) -> None:
+        """Queue a run to start, or (with ``answer``) an interrupted run to continue."""
+        ...
+
+    async def cancel(self, run_id: str, reason: str) -> bool:
+        """Cancel the run wherever it executes; False if nothing executes it."""
+        ...
+
     async def depth(self) -> int: ...
 
 
 class RunService:
     def __init__(self, *, store: RunStore, bus: Bus, runner: Runner, registry: Any,
-                 max_queued: int) -> None:
+                 max_queued: int, lifecycle: Lifecycle | None = None) -> None:
         self.store = store
         self.bus = bus
         self.runner = runner
+        self.lifecycle = lifecycle or Lifecycle(store=store, bus=bus)
         self.registry = registry
         self.max_queued = max_queued
 
@@ -125,16 +134,10 @@ class RunService:
             raise Conflict(f"run {run_id!r} already ended {rec.status}", status=rec.status)
         reason = "cancelled by client"
         if rec.status in (QUEUED, INTERRUPTED):  # nothing executes it: end it right here
-            try:
-                rec = await self.store.transition(
-                    run_id, CANCELLED, ended_at=time.time(),
-                    error={"code": "cancelled", "message": reason})
-            except InvalidTransition:
-                pass  # it (re)started meanwhile: cancel the execution instead
-            else:
-                await self.bus.append(run_id, STATUS, "server",
-                                      {"state": CANCELLED, "error": rec.error})
-                return rec
+            ending = await self.lifecycle.cancel(run_id, reason)
+            if ending.ended or ending.record is None or ending.record.terminal:
+                return ending.record or rec
+            # It (re)started meanwhile: cancel the execution instead.
         await self.runner.cancel(run_id, reason)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:

@@ -163,7 +163,9 @@ class MemoryRunStore:
 
     async def transition(self, run_id: str, status: str, **changes: Any) -> RunRecord:
         async with self._lock:
-            rec = self._runs[run_id]
+            rec = self._runs.get(run_id)
+            if rec is None:
+                raise InvalidTransition(run_id, "missing", status)
             if status not in _ALLOWED.get(rec.status, ()):
                 raise InvalidTransition(run_id, rec.status, status)
             rec = replace(rec, status=status, **changes)

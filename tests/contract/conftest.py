@@ -41,12 +41,14 @@ def make_bus(backend_name: str, request: pytest.FixtureRequest) -> Callable[...,
         else:
             import uuid
 
+            from server.backends import redis_connection
             from server.bus.redis import RedisBus
 
             server = request.getfixturevalue("redis_server")
             # A fresh key prefix per test: tests never see each other's keys.
-            async with RedisBus(server.url, prefix=f"t{uuid.uuid4().hex[:8]}", max_events=max_events,
-                                ttl_s=ttl_s, subscriber_buffer=subscriber_buffer) as bus:
+            async with redis_connection(server.url, outage_s=10.0) as ops, RedisBus(
+                    ops, prefix=f"t{uuid.uuid4().hex[:8]}", max_events=max_events,
+                    ttl_s=ttl_s, subscriber_buffer=subscriber_buffer) as bus:
                 await bus._connected.wait()
                 yield bus
 
