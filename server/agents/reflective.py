@@ -42,23 +42,28 @@ logger = logging.getLogger(__name__)
 
 PLANNER_PROMPT = (
     "You are the planner of a research agent with two tools: calculator (exact arithmetic) and "
-    "search_corpus (keyword search over a small encyclopedia). Think out loud in two or three short "
-    "sentences about what the question needs, then call the one tool that gets it; use the calculator "
-    "for any arithmetic. If a reviewer asked for a revision, follow the feedback and try a different "
-    "query or expression. Do not write the final answer."
+    "search_corpus (keyword search over a small encyclopedia). A question may have several parts, such as "
+    "\"What is 17*23 and when was the Eiffel Tower built?\". Think out loud in two or three short sentences "
+    "about the parts, then call one tool per part that still lacks evidence: the calculator for every piece of "
+    "arithmetic (17*23, 17 x 23, 17 times 23, 2 to the power of 10), search_corpus with the key words of the "
+    "rest. Never search for bare numbers. If a reviewer asked for a revision, follow the feedback and try a "
+    "different query or expression. Do not write the final answer."
 )
 CRITIC_PROMPT = (
     "You are the critic of a research agent. Judge whether the tool results in the conversation are "
-    "enough to answer the user's question correctly and completely. Do not answer the question. "
-    "Reply in exactly this format:\n"
+    "enough to answer every part of the user's question correctly. Each part needs its own evidence: "
+    "arithmetic needs a calculator result, a fact needs a search result that is about it. Revise when a part "
+    "has no evidence yet and a tool call could still get it; say which part. When the corpus has been "
+    "searched and does not cover a part, approve with a low score and say the answer must state that it is "
+    "unknown. Do not answer the question. Reply in exactly this format:\n"
     "VERDICT: approve or revise\n"
     "SCORE: a number from 0 to 1 for how well the evidence supports an answer\n"
     "REASON: one or two sentences; when you ask for a revision, say what is missing"
 )
 ANSWER_PROMPT = (
-    "You are the answerer of a research agent. Answer the user's question in two or three sentences "
-    "using only the tool results in the conversation. For arithmetic, give the expression and its "
-    "value. If the results do not cover part of the question, say so plainly."
+    "You are the answerer of a research agent. Answer every part of the user's question in two or three "
+    "sentences using only the tool results in the conversation. For arithmetic, give the expression and its "
+    "value. If the results do not cover a part, say plainly that the corpus does not say; never guess."
 )
 
 
@@ -175,18 +180,24 @@ def build_reflective(settings: Settings, checkpointer: Checkpointer = None) -> C
         write = get_stream_writer()
         plans = state.get("plans") or []
         results: list[dict[str, Any]] = []
-        for call in plans[-1]["tool_calls"] if plans else []:
+        calls = plans[-1]["tool_calls"] if plans else []
+        # Every approval is asked before anything is written or run: on each resume this node
+        # runs again from the top, and the interrupts already answered return their answers
+        # at once, so no TOOL_USE event is written twice and no tool runs twice.
+        replies = [
+            interrupt({"question": f"Run {c['name']} with {json.dumps(c['args'])}?", "tool": c["name"],
+                       "args": c["args"], "call_id": c["id"], "answers": ["yes", "no"]})
+            if state.get("approve_tools") else True
+            for c in calls
+        ]
+        for call, reply in zip(calls, replies):
             name, args, call_id = call["name"], call["args"], call["id"]
-            if state.get("approve_tools"):
-                # Before anything is written: on resume this node runs again from the top.
-                reply = interrupt({"question": f"Run {name} with {json.dumps(args)}?", "tool": name,
-                                   "args": args, "call_id": call_id, "answers": ["yes", "no"]})
-                if not _approved(reply):
-                    write({"ns": "TOOL_USE", "phase": "declined", "tool": name, "args": args,
-                           "call_id": call_id, "answer": _json_safe(reply)})
-                    results.append({"call_id": call_id, "tool": name, "ok": False,
-                                    "content": "Error: the user declined to run this tool."})
-                    continue
+            if not _approved(reply):
+                write({"ns": "TOOL_USE", "phase": "declined", "tool": name, "args": args,
+                       "call_id": call_id, "answer": _json_safe(reply)})
+                results.append({"call_id": call_id, "tool": name, "ok": False,
+                                "content": "Error: the user declined to run this tool."})
+                continue
             write({"ns": "TOOL_USE", "phase": "call", "tool": name, "args": args, "call_id": call_id})
             started = time.perf_counter()
             chunk: dict[str, Any] = {"ns": "TOOL_USE", "phase": "result", "tool": name, "call_id": call_id}

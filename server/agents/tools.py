@@ -161,11 +161,17 @@ STOPWORDS = frozenset(
 
 
 def stem(word: str) -> str:
-    """A deliberately tiny stemmer: plurals only, so 'streams' finds 'stream'."""
+    """A deliberately tiny stemmer: plurals and a past tense, so 'streams' finds 'stream' and
+    'walk' finds 'walked' ("when did astronauts walk on the Moon?"). A final e goes too, so
+    'release' and 'released' meet at 'releas'. Query and corpus share it, so odd stems are fine."""
     if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
+        word = word[:-3] + "y"
+    elif len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    if len(word) > 5 and word.endswith("ed") and not word.endswith("eed"):
+        word = word[:-2]
+    if len(word) > 4 and word.endswith("e") and not word.endswith("ee"):
+        word = word[:-1]
     return word
 
 

@@ -236,9 +236,20 @@ async def test_reflective_revises_until_the_evidence_is_complete() -> None:
 
 @pytest.mark.asyncio
 async def test_reflective_stops_at_the_round_limit() -> None:
-    out = await run_reflective("What is the capital of Australia?", max_rounds=2)
-    assert [(c["verdict"], c["round"]) for c in of_ns(out["custom"], "CRITIC_EVAL")] == [("revise", 1), ("revise", 2)]
+    out = await run_reflective("What is the capital of Australia?", max_rounds=1)
+    assert [(c["verdict"], c["round"]) for c in of_ns(out["custom"], "CRITIC_EVAL")] == [("revise", 1)]
     assert "could not find" in out["answer"]
+
+
+@pytest.mark.asyncio
+async def test_reflective_judges_an_empty_corpus_as_an_honest_unknown() -> None:
+    # A wider second search that finds nothing either: the critic approves saying "unknown"
+    # (low score) instead of looping, and the answer says so rather than guessing.
+    out = await run_reflective("What is the capital of Australia?")
+    critics = of_ns(out["custom"], "CRITIC_EVAL")
+    assert [(c["verdict"], c["round"]) for c in critics] == [("revise", 1), ("approve", 2)]
+    assert critics[-1]["score"] <= 0.3 and "does not cover" in critics[-1]["reason"]
+    assert out["answer"].startswith("I could not find anything about 'capital' and 'Australia'")
 
 
 @pytest.mark.asyncio
