@@ -270,7 +270,8 @@ def test_start_a_run_and_watch_it_live(make_page: Any, server: ServerProcess, tr
 
     # A tool card with its arguments and result, then a critic verdict with a score.
     page.wait_for_selector("[data-lane='TOOL_USE'] .tool[data-state='ok'] .tool-args")
-    assert page.locator("[data-lane='TOOL_USE'] .tool-name").first.inner_text() == "search_corpus"
+    # The arithmetic goes to the calculator first, in question order (issue 9: it multiplies).
+    assert page.locator("[data-lane='TOOL_USE'] .tool-name").first.inner_text() == "calculator"
     page.wait_for_selector("[data-lane='CRITIC_EVAL'] [data-testid='verdict']")
     assert page.locator("[data-lane='CRITIC_EVAL'] .score-n").first.inner_text()
     if run_status(server, run_id) == "running":
@@ -279,6 +280,9 @@ def test_start_a_run_and_watch_it_live(make_page: Any, server: ServerProcess, tr
 
     wait_succeeded(page)
     page.wait_for_selector("[data-testid='answer-text']")
+    assert page.locator("[data-lane='TOOL_USE'] .tool-name").all_inner_texts() == ["calculator", "search_corpus"]
+    answer = page.inner_text("[data-testid='answer-text']")
+    assert "391" in answer and "1887" in answer and "1889" in answer, answer
     assert_matches_log(page, server, run_id)
     states = conn_states(page)
     assert states[-1] == "ended" and "live" in states, states
