@@ -199,15 +199,7 @@ class Executor:
             async with asyncio.timeout(timeout):
                 await self._stream(rec, graph, graph_input, mapper)
         except asyncio.CancelledError as exc:
-            reason = handle.cancel_reason(exc) if handle is not None else "cancelled"
-            if reason == SHUTDOWN_REASON and self.resumable:
-                # Leave it running: the next start (or another worker) recovers it.
-                log.info("run %s left for recovery after shutdown", run_id)
-            elif reason == SHUTDOWN_REASON:
-                await self.lifecycle.fail(run_id, "shutdown",
-                                          "the server shut down while the run was executing")
-            else:
-                await self.lifecycle.cancel(run_id, reason)
+            await self._cancelled(run_id, handle.cancel_reason(exc) if handle else "cancelled")
             raise
         except TimeoutError:
             msg = f"run exceeded its timeout of {timeout:g} s"
@@ -217,12 +209,26 @@ class Executor:
             # stays as it is and is recovered once the backend is back.
             raise
         except Exception as exc:  # the graph failed; the run fails, the server does not
+            if handle is not None and handle.reason is not None:
+                # A cancel came, and the graph's machinery turned it into another error on
+                # its way out: it is still that cancel.
+                return await self._cancelled(run_id, handle.reason)
             log.warning("run %s failed: %s", run_id, exc, exc_info=True)
             return (await self.lifecycle.fail(run_id, type(exc).__name__,
                                               str(exc) or type(exc).__name__)).record
         # The graph is done: a cancel arriving now must not cut the record and the log
         # apart (a record that says interrupted with no event to say so, for one).
         return await to_the_end(self._conclude(rec, graph, mapper, time.monotonic() - started))
+
+    async def _cancelled(self, run_id: str, reason: str) -> RunRecord | None:
+        if reason == SHUTDOWN_REASON and self.resumable:
+            # Leave it running: the next start (or another worker) recovers it.
+            log.info("run %s left for recovery after shutdown", run_id)
+            return None
+        if reason == SHUTDOWN_REASON:
+            return (await self.lifecycle.fail(
+                run_id, "shutdown", "the server shut down while the run was executing")).record
+        return (await self.lifecycle.cancel(run_id, reason)).record
 
     async def _begin(self, rec: RunRecord, graph: Any, mapper: ChunkMapper, worker: str | None,
                      recover: bool, answer: Any) -> tuple[RunRecord, Any]:

@@ -53,3 +53,25 @@ def make_bus(backend_name: str, request: pytest.FixtureRequest) -> Callable[...,
                 yield bus
 
     return factory
+
+
+@pytest.fixture
+def make_runs(backend_name: str, make_bus: Callable[..., Any], request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """make_runs() -> async context manager of (bus, store) of one backend, sharing its keys."""
+
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[tuple[Any, Any]]:
+        async with make_bus() as bus:
+            if backend_name == "redis":
+                from server.backends import redis_connection
+                from server.runs.redis_store import RedisRunStore
+
+                url = request.getfixturevalue("redis_server").url
+                async with redis_connection(url, outage_s=10.0) as ops:
+                    yield bus, RedisRunStore(ops, prefix=bus.prefix)
+            else:
+                from server.runs.store import MemoryRunStore
+
+                yield bus, MemoryRunStore(journal=bus.journal)
+
+    return factory
