@@ -61,7 +61,7 @@ def _executor(settings: Settings, bus: Bus, store: RunStore, lifecycle: Lifecycl
     durable_checkpoints = checkpointer is not None and not isinstance(checkpointer, InMemorySaver)
     return Executor(bus=bus, store=store, lifecycle=lifecycle, registry=registry,
                     run_timeout_s=settings.run_timeout_s, checkpointer=checkpointer,
-                    resumable=durable_records and durable_checkpoints)
+                    recoverable=durable_records and durable_checkpoints)
 
 
 @asynccontextmanager

@@ -117,7 +117,7 @@ class Executor:
 
     def __init__(self, *, bus: Bus, store: RunStore, registry: Any, run_timeout_s: float,
                  lifecycle: Lifecycle | None = None, checkpointer: Any = None,
-                 resumable: bool = False) -> None:
+                 recoverable: bool = False) -> None:
         self.bus = bus
         self.store = store
         self.lifecycle = lifecycle or Lifecycle(store=store, bus=bus)
@@ -125,8 +125,8 @@ class Executor:
         self.run_timeout_s = run_timeout_s
         self.checkpointer = checkpointer
         # True when records, logs and checkpoints all outlive this process: a shutdown then
-        # leaves runs for resuming instead of failing them.
-        self.resumable = resumable
+        # leaves runs for recovery instead of failing them.
+        self.recoverable = recoverable
         self._graphs: dict[str, Any] = {}
 
     def graph(self, agent: str) -> Any:
@@ -221,7 +221,7 @@ class Executor:
         return await to_the_end(self._conclude(rec, graph, mapper, time.monotonic() - started))
 
     async def _cancelled(self, run_id: str, reason: str) -> RunRecord | None:
-        if reason == SHUTDOWN_REASON and self.resumable:
+        if reason == SHUTDOWN_REASON and self.recoverable:
             # Leave it running: the next start (or another worker) recovers it.
             log.info("run %s left for recovery after shutdown", run_id)
             return None

@@ -20,7 +20,7 @@ _ALLOWED = {
     INTERRUPTED: {RUNNING, CANCELLED, FAILED},
 }
 
-# "No answer given": a resume value may legitimately be None.
+# "No answer given": an answer to an interrupt may legitimately be None.
 NO_ANSWER: object = object()
 
 DEFAULT_TENANT = "default"

@@ -177,7 +177,7 @@ class Worker:
                 await self.executor.run(rec, handle, worker=self.name, recover=dispatch.recover,
                                         answer=dispatch.answer)
         except asyncio.CancelledError:
-            if self._stopping and self.executor.resumable:
+            if self._stopping and self.executor.recoverable:
                 # Left running on purpose: its entry stays pending, and after the lease
                 # another worker claims and recovers it.
                 self._release(run_id)

@@ -138,12 +138,12 @@ async def test_cancel_racing_completion_in_the_executor(make_runs: Any) -> None:
 
 
 async def test_shutdown_reason_travels_with_the_task(make_runs: Any) -> None:
-    """A run cut by shutdown fails 'shutdown' (not resumable) or stays running (resumable)."""
+    """A run cut by shutdown fails 'shutdown' (not recoverable) or stays running (recoverable)."""
     async with make_runs() as (bus, store):
         lc = Lifecycle(store=store, bus=bus)
-        for resumable, want in ((False, FAILED), (True, RUNNING)):
+        for recoverable, want in ((False, FAILED), (True, RUNNING)):
             executor = Executor(bus=bus, store=store, lifecycle=lc, registry=_SlowGraphs(),
-                                run_timeout_s=10, resumable=resumable)
+                                run_timeout_s=10, recoverable=recoverable)
             rec = await new_run(bus, store)
             handle = RunHandle(rec.run_id)
             handle.start(executor.run(rec, handle))
