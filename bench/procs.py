@@ -32,6 +32,7 @@ FIREHOSE = "firehose=bench/graphs.py:firehose"
 LANGGRAPH_VENV = ROOT / "bench" / ".venv-langgraph"
 LANGGRAPH_PACKAGES = ("langgraph-cli[inmem]", "langgraph")
 TARGETS = ("ours", "raw", "langgraph-dev")
+TRANSPORTS = {"ours": ("sse", "socketio", "socketio_batch"), "raw": ("sse",), "langgraph-dev": ("sse",)}
 
 
 # -- /proc -----------------------------------------------------------------------------
@@ -140,9 +141,6 @@ class Target:
     name: str
     url: str
     sse_urls: list[str]  # the processes clients stream from (several API processes over Redis)
-    transports: tuple[str, ...] = ("sse",)
-    catchup = True  # replays a run's history to a late subscriber
-
     def pids(self) -> list[int]:
         raise NotImplementedError
 
@@ -172,7 +170,6 @@ class Ours(Target):
     """``python -m server serve`` with the memory backend (and its journal, the embedded default)."""
 
     name = "ours"
-    transports = ("sse", "socketio", "socketio_batch")
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.server = ServerProcess("--agent", FIREHOSE, env=server_env(env)).start()
@@ -204,7 +201,6 @@ class OursOverRedis(Ours):
     """A throwaway redis-server, two API processes (``--workers 0``) and one worker process."""
 
     name = "ours-redis"
-    transports = ("sse",)
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self.redis = RedisServer().start()
@@ -236,7 +232,6 @@ class Raw(Target):
     """``bench/raw_broadcaster.py`` under uvicorn with its defaults (uvloop, httptools), as ours runs."""
 
     name = "raw"
-    catchup = False
 
     def __init__(self) -> None:
         self.proc = Subprocess([sys.executable, "-m", "uvicorn", "bench.raw_broadcaster:app", "--host",

@@ -16,7 +16,8 @@ import time
 import uuid
 
 from ..core import Result, alternate, label_ratios, percentile, rounded, say, summarize
-from ..procs import LoadGen
+from ..procs import TRANSPORTS, LoadGen
+from .fanout import need_labels
 
 APPLIES = {"ours": None, "raw": "the raw broadcaster keeps no log: a late subscriber has nothing to replay",
            "langgraph-dev": None}
@@ -36,7 +37,7 @@ def client_catchup(summary: dict, tri) -> dict | None:
     late = [k for k in range(len(t)) if (recv[k] - t[k]) * 1000 >= LIVE_MS]
     caught = recv[late[-1]] if late else recv[0]
     live_lat = [(r - x) * 1000 for x, r in zip(t, recv) if r > caught]
-    return {"missed": missed, "replay_ms": (last_missed - start) * 1000, "caught_up_ms": (caught - start) * 1000,
+    return {"missed": missed, "duplicates": len(i) - len(set(i)), "replay_ms": (last_missed - start) * 1000, "caught_up_ms": (caught - start) * 1000,
             "live_p99_ms": percentile(live_lat, 0.99), "first_i": i[0]}
 
 
@@ -64,18 +65,20 @@ def trial(target, transport: str, *, missed: int, live: int, rate: float, client
         "caught_up_p50_ms": rounded(percentile(caught, 0.5)), "caught_up_max_ms": rounded(max(caught, default=None)),
         "live_p99_ms_after": rounded(percentile([c["live_p99_ms"] for c in per if c["live_p99_ms"]], 0.5)),
         "violations": d.violations() + sum(1 for c in per if c["first_i"] != 0),
+        "duplicates_per_client": rounded(percentile([c["duplicates"] for c in per], 0.5), 0),
         "incomplete_clients": len(bad),
         "errors": (d.errors + [str(c["error"]) for c in bad if c["error"]])[:5],
     }
     say(f"{label:34s} missed~{m['missed_p50']} replay p50={m['replay_p50_ms']}ms max={m['replay_max_ms']}ms "
         f"caught up p50={m['caught_up_p50_ms']}ms max={m['caught_up_max_ms']}ms "
-        f"viol={m['violations']} incomplete={m['incomplete_clients']}")
+        f"viol={m['violations']} dup/client={m['duplicates_per_client']} incomplete={m['incomplete_clients']}")
     return m
 
 
 def run(ctx) -> Result:
     wanted = ctx.transports.split(",")
-    labels = [f"{t}/{tr}" for t in ctx.targets for tr in ctx.target(t).transports if tr in wanted]
+    labels = [f"{t}/{tr}" for t in ctx.targets for tr in TRANSPORTS[t] if tr in wanted]
+    need_labels(labels, ctx)
     res = Result("catchup", ctx.primary, {k: ctx.opts[k] for k in DEFAULTS})
     runs = alternate(labels, ctx.repeat, lambda label, rep: trial(
         ctx.target(label.split("/")[0]), label.split("/")[1], missed=ctx.missed, live=ctx.live, rate=ctx.rate,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from ..core import Result, alternate, label_ratios, ratio, say, summarize
-from ..procs import LoadGen, Target, cpu_seconds
+from ..core import NotApplicable, Result, alternate, label_ratios, ratio, say, summarize
+from ..procs import TRANSPORTS, LoadGen, Target, cpu_seconds
 
 APPLIES = {"ours": None, "raw": None, "langgraph-dev": None}
 DEFAULTS = {"clients": 100, "events": 2000, "rate": 500.0, "sat_events": 5000, "sat_rate": 20000.0,
@@ -45,9 +45,18 @@ def trial(target: Target, transport: str, *, count: int, rate: float, clients: i
     return m
 
 
+def need_labels(labels: list[str], ctx) -> None:
+    """Every target must have one of the asked transports (only ours speaks Socket.IO)."""
+    for t in ctx.targets:
+        if not any(label.startswith(t + "/") for label in labels):
+            raise NotApplicable(f"target {t!r} has none of the transports {ctx.transports!r} "
+                                f"(it has {', '.join(TRANSPORTS[t])})")
+
+
 def run(ctx) -> Result:
     wanted = ctx.transports.split(",")
-    labels = [f"{t}/{tr}" for t in ctx.targets for tr in ctx.target(t).transports if tr in wanted]
+    labels = [f"{t}/{tr}" for t in ctx.targets for tr in TRANSPORTS[t] if tr in wanted]
+    need_labels(labels, ctx)
     phases = {"paced": (ctx.events, ctx.rate)}
     if ctx.sat_events:
         phases["saturation"] = (ctx.sat_events, ctx.sat_rate)
