@@ -291,6 +291,16 @@ class Subscription:
                 live = self._sink.take()
                 if not live:
                     continue  # an idle check that found nothing
+                first = self.last + 1
+                if [e.seq for e in live] == list(range(first, first + len(live))):
+                    # The common case, taken whole: exactly the next seqs. Per event this
+                    # costs a comparison, not a call (fan-out to N subscribers pays it N
+                    # times). A log takes nothing after its terminal event, so only the
+                    # last one can end the stream.
+                    self.last = live[-1].seq
+                    self.done = live[-1].is_terminal
+                    yield live
+                    continue
                 batch = []
                 for e in live:
                     if e.seq <= self.last:
