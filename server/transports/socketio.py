@@ -134,7 +134,10 @@ class SocketIOTransport:
     async def _on_connect(self, sid: str, environ: Any = None, auth: Any = None, *_: Any) -> Any:
         if self._spoofed(sid):
             return error("unknown_event", "connect is a reserved event")
-        caller = await identity_of(self.state).of_socket(environ or {}, auth)
+        try:
+            caller = await identity_of(self.state).of_socket(environ or {}, auth)
+        except RequestError as exc:  # a missing or bad credential: the client sees connect_error
+            raise socketio.exceptions.ConnectionRefusedError(api_error(exc).body()) from None
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
         self.clients[sid] = Client(sid, eio_sid, caller)
         return None
