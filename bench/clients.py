@@ -1,8 +1,8 @@
 """What the two load generators (``bench.loadgen``, ``bench.socketio_loadgen``) share.
 
-A client is an ``asyncio.Protocol`` with ``ready``/``done`` futures, ``transport``,
-``ended``/``error``, ``parse_pending()``, ``triplets`` (float64 ``i, t, recv`` per token)
-and ``summary()``. The stdout/file contract with the parent is described in
+A client is a ``Client``: an ``asyncio.Protocol`` that sends ``req`` on connect and
+keeps ``ready``/``done`` futures, ``ended``/``error`` and ``triplets`` (float64 ``i, t,
+recv`` per token). The stdout/file contract with the parent is described in
 ``bench/loadgen.py``; ``bench.core.Delivery.load`` reads the files back.
 """
 
@@ -13,9 +13,50 @@ import json
 import resource
 import sys
 import time
+from array import array
 from typing import Any, Coroutine, Sequence
 
 CONNECT_BATCH = 200  # a thousand connects at once overflow the listen backlog on small machines
+
+
+class Client(asyncio.Protocol):
+    def __init__(self, req: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self.req = req
+        self.ready: asyncio.Future[bool] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.triplets = array("d")  # i, t, recv of every token
+        self.first_i: int | None = None
+        self.last_i: int | None = None
+        self.violations = 0
+        self.ended = False
+        self.error: str | None = None
+        self.reads = 0
+        self.started = time.time()  # when the client began (its POST, in create mode)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.req)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended and self.error is None:
+            self.error = f"connection lost before the end of the stream: {exc!r}"
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(False)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def parse_pending(self) -> None:
+        """Parse what was kept for later (nothing, unless a subclass defers parsing)."""
+
+    def summary(self) -> dict:
+        return {"tokens": len(self.triplets) // 3, "first_i": self.first_i, "last_i": self.last_i,
+                "violations": self.violations, "ended": self.ended, "error": self.error,
+                "reads": self.reads, "started": self.started}
 
 
 def raise_fd_limit(want: int) -> None:

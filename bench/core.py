@@ -89,6 +89,11 @@ def ratios(runs: dict[str, list[dict]], label: str, reference: str, keys: Iterab
     return out
 
 
+def target_ratios(runs: dict[str, list[dict]], targets: Sequence[str], keys: Iterable[str]) -> dict:
+    """The first target over each of the others (the references)."""
+    return {f"{targets[0]} / {ref}": ratios(runs, targets[0], ref, keys) for ref in targets[1:]}
+
+
 def label_ratios(runs: dict[str, list[dict]], primary: str, keys: Iterable[str]) -> dict:
     """For labels ``target/transport``: each other transport of ``primary`` over the primary's
     SSE, and the primary's SSE over each reference target's SSE."""
@@ -203,6 +208,21 @@ class Result:
     notes: list[str] = field(default_factory=list)
     machine: dict = field(default_factory=machine)
     started: float = field(default_factory=time.time)
+
+    def record(self, runs: dict[str, list[dict]], headline: Iterable[str], ratios: dict, *,
+               phase: str | None = None, incomplete: str = "incomplete_clients") -> dict[str, dict]:
+        """Keep the medians and ratios of ``runs`` (under ``phase``, if given); check every
+        label got everything once and in order."""
+        measured = {label: summarize(r, headline) for label, r in runs.items()}
+        for label, m in measured.items():
+            if "violations" in m:
+                self.checks[f"{phase + ' ' if phase else ''}{label} complete and in order"] = (
+                    m["violations"] == 0 and m[incomplete] == 0)
+        if phase:
+            self.measured[phase], self.ratios[phase] = measured, ratios
+        else:
+            self.measured, self.ratios = measured, ratios
+        return measured
 
     def doc(self) -> dict:
         m = {**self.machine, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}

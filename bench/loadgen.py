@@ -30,12 +30,10 @@ import argparse
 import asyncio
 import json
 import re
-import sys
 import time
-from array import array
 from urllib.parse import urlsplit
 
-from .clients import finish_run, hold_until_stdin_closes, open_all, runner
+from .clients import Client, finish_run, hold_until_stdin_closes, open_all, runner
 
 TOKEN = re.compile(rb'"i":(\d+),"t":([-+.0-9eE]+)')
 TERMINAL = re.compile(rb'"state":"(?:succeeded|failed|cancelled)"')
@@ -54,15 +52,11 @@ def request(method: str, url: str, body: bytes = b"", headers: dict[str, str] | 
     return host, port, (head + "\r\n").encode() + body
 
 
-class SSEClient(asyncio.Protocol):
+class SSEClient(Client):
     """One streamed HTTP response: keeps complete frames per read, parses them later."""
 
     def __init__(self, req: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        self.req = req
-        self.ready: asyncio.Future[bool] = loop.create_future()
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.transport: asyncio.Transport | None = None
+        super().__init__(req)
         self.head = b""
         self.headers_done = False
         self.raw = b""  # undecoded chunked bytes
@@ -70,23 +64,6 @@ class SSEClient(asyncio.Protocol):
         self.body = b""  # de-chunked bytes after the last complete frame
         self.pending: list[tuple[float, bytes]] = []  # (receive time, complete frames)
         self.pending_bytes = 0
-        self.triplets = array("d")  # i, t, recv of every token
-        self.last_i: int | None = None
-        self.first_i: int | None = None
-        self.violations = 0
-        self.ended = False
-        self.error: str | None = None
-        self.reads = 0
-        self.started = time.time()  # when the client began (its POST, in create mode)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.req)  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ended and self.error is None:
-            self.error = f"connection lost before the end of the stream: {exc!r}"
-        self._finish()
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
@@ -154,12 +131,6 @@ class SSEClient(asyncio.Protocol):
             self.transport.close()
         self._finish()
 
-    def _finish(self) -> None:
-        if not self.ready.done():
-            self.ready.set_result(False)
-        if not self.done.done():
-            self.done.set_result(None)
-
     def parse_pending(self) -> None:
         pending, self.pending, self.pending_bytes = self.pending, [], 0
         for now, complete in pending:
@@ -171,11 +142,6 @@ class SSEClient(asyncio.Protocol):
                     self.violations += 1
                 self.last_i = i
                 self.triplets.extend((i, float(t_b), now))
-
-    def summary(self) -> dict:
-        return {"tokens": len(self.triplets) // 3, "first_i": self.first_i, "last_i": self.last_i,
-                "violations": self.violations, "ended": self.ended, "error": self.error,
-                "reads": self.reads, "started": self.started}
 
 
 async def create_then_stream(client: SSEClient, create_url: str, body: bytes, delay: float,

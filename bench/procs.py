@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import httpx
 
-from tests.support import ROOT, RedisServer, ServerProcess, free_port, wait_workers
+from tests.support import ROOT, RedisServer, ServerProcess, wait_workers
 
 from .core import Delivery, NotApplicable, say
 
@@ -83,49 +83,30 @@ def rss_kib(pids: Sequence[int]) -> int:
 
 # -- processes the bench starts itself -------------------------------------------------
 
-class Subprocess:
-    """A command on a free port (``{port}`` in argv), output to a log file, up when ``health`` answers."""
+class Subprocess(ServerProcess):
+    """A command of the bench's own (``{port}`` in argv is a free port), up when ``health`` answers;
+    the log, ``stop`` and ``url`` are ServerProcess's."""
 
-    def __init__(self, argv: Sequence[str], name: str, env: dict[str, str] | None = None,
-                 cwd: Path = ROOT) -> None:
-        self.port = free_port()
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+        super().__init__(env=env)
         self.argv = [a.replace("{port}", str(self.port)) for a in argv]
-        self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
-        self.log_path = Path(tempfile.gettempdir()) / f"bench-{name}-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, health: str | None = "/healthz", timeout: float = 60.0) -> Subprocess:
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+    def start(self, health: str = "/healthz", timeout: float = 60.0) -> Subprocess:
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while health:
+        while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv} exited: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.argv} exited: {self.output()[-2000:]}")
             try:
                 if httpx.get(self.url + health, timeout=1).status_code == 200:
-                    break
+                    return self
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"{self.argv} did not become healthy: {self.log_path.read_text()[-2000:]}")
+                raise TimeoutError(f"{self.argv} did not become healthy: {self.output()[-2000:]}")
             time.sleep(0.2)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 # -- targets ---------------------------------------------------------------------------
@@ -235,7 +216,7 @@ class Raw(Target):
 
     def __init__(self) -> None:
         self.proc = Subprocess([sys.executable, "-m", "uvicorn", "bench.raw_broadcaster:app", "--host",
-                                "127.0.0.1", "--port", "{port}", "--log-level", "warning"], "raw").start()
+                                "127.0.0.1", "--port", "{port}", "--log-level", "warning"]).start()
         self.url = self.proc.url
         self.sse_urls = [self.url]
 
@@ -285,7 +266,7 @@ class LangGraphDev(Target):
         self.proc = Subprocess(
             [str(exe), "dev", "--config", str(conf_dir / "langgraph.json"), "--host", "127.0.0.1",
              "--port", "{port}", "--no-browser", "--no-reload", "--n-jobs-per-worker", "1000",
-             "--server-log-level", "WARNING"], "langgraph-dev", cwd=conf_dir,
+             "--server-log-level", "WARNING"], cwd=conf_dir,
             env={"LANGSMITH_TRACING": "false", "LANGCHAIN_TRACING_V2": "false",
                  "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LOG_LEVEL": "WARNING"}).start(health="/ok", timeout=120)
         self.url = self.proc.url

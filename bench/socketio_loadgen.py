@@ -22,12 +22,11 @@ import asyncio
 import base64
 import os
 import time
-from array import array
 from urllib.parse import urlsplit
 
 import orjson
 
-from .clients import finish_run, hold_until_stdin_closes, open_all, runner
+from .clients import Client, finish_run, hold_until_stdin_closes, open_all, runner
 
 ZERO_MASK = b"\x00\x00\x00\x00"
 
@@ -47,48 +46,21 @@ def ws_control_frame(opcode: int, payload: bytes = b"") -> bytes:
     return bytes((0x80 | opcode, 0x80 | len(payload))) + ZERO_MASK + payload
 
 
-class SioClient(asyncio.Protocol):
+class SioClient(Client):
     """One Socket.IO connection over WebSocket that subscribes to one run from seq 0."""
 
     def __init__(self, host: str, port: int, run_id: str, *, after: int = 0, batch: bool = False) -> None:
-        loop = asyncio.get_running_loop()
         key = base64.b64encode(os.urandom(16)).decode()
-        self.request = (f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                        f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        super().__init__((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                          f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                          f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
         sub = {"run_id": run_id, "after": after, **({"batch": True} if batch else {})}
         self.subscribe = ws_text_frame(b'421["subscribe",' + orjson.dumps(sub) + b"]")
-        self.ready: asyncio.Future[bool] = loop.create_future()
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.triplets = array("d")  # i, t, recv of every token
-        self.first_i: int | None = None
-        self.last_i: int | None = None
-        self.started = time.time()
-        self.transport: asyncio.Transport | None = None
         self.upgraded = False
         self.buf = b""
         self.frag: list[bytes] = []
         self.last_seq: int | None = None
-        self.violations = 0
-        self.ended = False
         self.ends = 0
-        self.error: str | None = None
-        self.reads = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.request)  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ended and self.error is None:
-            self.error = f"connection lost before run_end: {exc!r}"
-        self._finish()
-
-    def _finish(self) -> None:
-        if not self.ready.done():
-            self.ready.set_result(False)
-        if not self.done.done():
-            self.done.set_result(None)
 
     def _fail(self, why: str) -> None:
         self.error = why
@@ -189,13 +161,10 @@ class SioClient(asyncio.Protocol):
             self.last_i = i
             self.triplets.extend((i, ev["data"]["t"], now))
 
-    def parse_pending(self) -> None:
-        """Nothing deferred: each message is parsed on arrival (one orjson call)."""
-
     def summary(self) -> dict:
-        return {"tokens": len(self.triplets) // 3, "first_i": self.first_i, "last_i": self.last_i,
-                "violations": self.violations + max(0, self.ends - 1), "ended": self.ended,
-                "error": self.error, "reads": self.reads, "started": self.started}
+        out = super().summary()
+        out["violations"] += max(0, self.ends - 1)  # more than one run_end
+        return out
 
 
 async def run(args: argparse.Namespace) -> None:

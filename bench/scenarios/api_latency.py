@@ -15,7 +15,7 @@ import time
 
 import httpx
 
-from ..core import Result, alternate, percentile, ratio, ratios, rounded, say, summarize
+from ..core import Result, alternate, percentile, ratio, rounded, target_ratios, say
 from ..procs import LoadGen
 
 APPLIES = {"ours": None, "raw": None, "langgraph-dev": None}
@@ -91,8 +91,5 @@ def run(ctx) -> Result:
     runs = alternate(ctx.targets, ctx.repeat, lambda name, rep: trial(
         ctx.target(name), runs=ctx.runs, count=ctx.events, rate=ctx.rate,
         interval_s=ctx.probe_interval_ms / 1000, label=f"{name} #{rep + 1}"))
-    res.measured = {name: summarize(r, HEADLINE) for name, r in runs.items()}
-    res.ratios = {f"{ctx.primary} / {ref}": ratios(runs, ctx.primary, ref, HEADLINE) for ref in ctx.targets[1:]}
-    for name, s in res.measured.items():
-        res.checks[f"{name} every run complete and in order"] = s["violations"] == 0 and s["incomplete_runs"] == 0
+    res.record(runs, HEADLINE, target_ratios(runs, ctx.targets, HEADLINE), incomplete="incomplete_runs")
     return res

@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from ..core import Result, alternate, label_ratios, percentile, rounded, say, summarize
-from ..procs import TRANSPORTS, LoadGen
-from .fanout import need_labels
+from ..core import Result, alternate, label_ratios, percentile, rounded, say
+from ..procs import LoadGen
+from .fanout import transport_labels
 
 APPLIES = {"ours": None, "raw": "the raw broadcaster keeps no log: a late subscriber has nothing to replay",
            "langgraph-dev": None}
@@ -76,16 +76,10 @@ def trial(target, transport: str, *, missed: int, live: int, rate: float, client
 
 
 def run(ctx) -> Result:
-    wanted = ctx.transports.split(",")
-    labels = [f"{t}/{tr}" for t in ctx.targets for tr in TRANSPORTS[t] if tr in wanted]
-    need_labels(labels, ctx)
+    labels = transport_labels(ctx)
     res = Result("catchup", ctx.primary, {k: ctx.opts[k] for k in DEFAULTS})
     runs = alternate(labels, ctx.repeat, lambda label, rep: trial(
         ctx.target(label.split("/")[0]), label.split("/")[1], missed=ctx.missed, live=ctx.live, rate=ctx.rate,
         clients=ctx.clients, tmp=ctx.tmp, label=f"{label} #{rep + 1}"))
-    res.measured = {label: summarize(r, HEADLINE) for label, r in runs.items()}
-    res.ratios = label_ratios(runs, ctx.primary, HEADLINE)
-    for label, s in res.measured.items():
-        res.checks[f"{label} every client complete and in order"] = (
-            s["violations"] == 0 and s["incomplete_clients"] == 0)
+    res.record(runs, HEADLINE, label_ratios(runs, ctx.primary, HEADLINE))
     return res

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from ..core import NotApplicable, Result, alternate, label_ratios, ratio, say, summarize
+from ..core import NotApplicable, Result, alternate, label_ratios, ratio, say
 from ..procs import TRANSPORTS, LoadGen, Target, cpu_seconds
 
 APPLIES = {"ours": None, "raw": None, "langgraph-dev": None}
@@ -45,18 +45,20 @@ def trial(target: Target, transport: str, *, count: int, rate: float, clients: i
     return m
 
 
-def need_labels(labels: list[str], ctx) -> None:
-    """Every target must have one of the asked transports (only ours speaks Socket.IO)."""
+def transport_labels(ctx) -> list[str]:
+    """``target/transport`` for every target and each of its ``--transports``; every target must
+    have one (only ours speaks Socket.IO)."""
+    wanted = ctx.transports.split(",")
+    labels = [f"{t}/{tr}" for t in ctx.targets for tr in TRANSPORTS[t] if tr in wanted]
     for t in ctx.targets:
         if not any(label.startswith(t + "/") for label in labels):
             raise NotApplicable(f"target {t!r} has none of the transports {ctx.transports!r} "
                                 f"(it has {', '.join(TRANSPORTS[t])})")
+    return labels
 
 
 def run(ctx) -> Result:
-    wanted = ctx.transports.split(",")
-    labels = [f"{t}/{tr}" for t in ctx.targets for tr in TRANSPORTS[t] if tr in wanted]
-    need_labels(labels, ctx)
+    labels = transport_labels(ctx)
     phases = {"paced": (ctx.events, ctx.rate)}
     if ctx.sat_events:
         phases["saturation"] = (ctx.sat_events, ctx.sat_rate)
@@ -70,11 +72,8 @@ def run(ctx) -> Result:
                          procs=ctx.loadgen_procs, tmp=ctx.tmp, label=f"{phase} {label} #{rep + 1}")
 
         runs = alternate(labels, ctx.repeat, one)
-        res.measured[phase] = {label: summarize(r, HEADLINE) for label, r in runs.items()}
-        res.ratios[phase] = label_ratios(runs, ctx.primary, HEADLINE)
-        for label, s in res.measured[phase].items():
-            res.checks[f"{phase} {label} complete and in order"] = (
-                s["violations"] == 0 and s["incomplete_clients"] == 0)
+        measured = res.record(runs, HEADLINE, label_ratios(runs, ctx.primary, HEADLINE), phase=phase)
+        for label, s in measured.items():
             if phase == "paced":
                 res.checks[f"paced {label} keeps pace (>= 90% of demand)"] = bool(
                     s["delivered_eps"] and s["delivered_eps"] >= 0.9 * s["demanded_eps"])

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 
-from ..core import Result, alternate, label_ratios, say, summarize
-from ..procs import TRANSPORTS, LoadGen, rss_kib
-from .fanout import need_labels
+from ..core import Result, alternate, label_ratios, say
+from ..procs import LoadGen, rss_kib
+from .fanout import transport_labels
 
 APPLIES = {"ours": None, "raw": None, "langgraph-dev": None}
 DEFAULTS = {"connections": 500, "repeat": 2, "transports": "sse,socketio"}
@@ -48,12 +48,9 @@ def trial(ctx, name: str, transport: str, connections: int, label: str) -> dict:
 
 
 def run(ctx) -> Result:
-    wanted = ctx.transports.split(",")
-    labels = [f"{t}/{tr}" for t in ctx.targets for tr in TRANSPORTS[t] if tr in wanted]
-    need_labels(labels, ctx)
+    labels = transport_labels(ctx)
     res = Result("idle", ctx.primary, {k: ctx.opts[k] for k in DEFAULTS})
     runs = alternate(labels, ctx.repeat, lambda label, rep: trial(
         ctx, *label.split("/"), ctx.connections, f"{label} #{rep + 1}"))
-    res.measured = {label: summarize(r, HEADLINE) for label, r in runs.items()}
-    res.ratios = label_ratios(runs, ctx.primary, HEADLINE)
+    res.record(runs, HEADLINE, label_ratios(runs, ctx.primary, HEADLINE))
     return res

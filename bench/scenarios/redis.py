@@ -12,7 +12,7 @@ Only ours has a multi-process mode: raw and langgraph dev (in-memory) have none.
 
 from __future__ import annotations
 
-from ..core import Result, alternate, ratios, say, summarize
+from ..core import Result, alternate, ratios, say
 from .fanout import trial
 
 NO_REDIS = "it has no multi-process mode sharing runs through Redis"
@@ -28,11 +28,9 @@ def run(ctx) -> Result:
     runs = alternate(list(TOPOLOGIES), ctx.repeat, lambda label, rep: trial(
         ctx.target(TOPOLOGIES[label]), "sse", count=ctx.events, rate=ctx.rate, clients=ctx.clients,
         procs=ctx.loadgen_procs, tmp=ctx.tmp, label=f"{label} #{rep + 1}"))
-    res.measured = {label: summarize(r, HEADLINE) for label, r in runs.items()}
-    res.ratios = {"redis / single": ratios(runs, "redis", "single", HEADLINE)}
+    res.record(runs, HEADLINE, {"redis / single": ratios(runs, "redis", "single", HEADLINE)})
     res.ratios["redis - single p99_ms"] = round(res.measured["redis"]["p99_ms"] - res.measured["single"]["p99_ms"], 2)
     for label, s in res.measured.items():
-        res.checks[f"{label} complete and in order"] = s["violations"] == 0 and s["incomplete_clients"] == 0
         res.checks[f"{label} keeps pace (>= 90% of demand)"] = bool(
             s["delivered_eps"] and s["delivered_eps"] >= 0.9 * s["demanded_eps"])
     return res

@@ -11,7 +11,7 @@ time - the graph's emit time) p50/p99, time to first token from the client's POS
 
 from __future__ import annotations
 
-from ..core import Result, alternate, percentile, ratios, rounded, say, summarize
+from ..core import Result, alternate, percentile, rounded, target_ratios, say
 from ..procs import LoadGen, cpu_seconds
 
 APPLIES = {"ours": None, "raw": None, "langgraph-dev": None}
@@ -52,8 +52,5 @@ def run(ctx) -> Result:
     runs = alternate(ctx.targets, ctx.repeat, lambda name, rep: trial(
         ctx.target(name), runs=ctx.runs, count=ctx.events, rate=ctx.rate, spread_s=ctx.spread_s,
         label=f"{name} #{rep + 1}"))
-    res.measured = {name: summarize(r, HEADLINE) for name, r in runs.items()}
-    res.ratios = {f"{ctx.primary} / {ref}": ratios(runs, ctx.primary, ref, HEADLINE) for ref in ctx.targets[1:]}
-    for name, s in res.measured.items():
-        res.checks[f"{name} every run complete and in order"] = s["violations"] == 0 and s["incomplete_runs"] == 0
+    res.record(runs, HEADLINE, target_ratios(runs, ctx.targets, HEADLINE), incomplete="incomplete_runs")
     return res
