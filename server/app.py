@@ -16,8 +16,8 @@ from .backends import open_backend
 from .config import Settings
 from .transports import http, sse
 from .transports.common import NoAuth, error_response, exception_handlers
+from .transports.openapi import Api, serve_document
 from .transports.socketio import SocketIOTransport
-
 
 
 def _viewer_dir() -> Path | None:
@@ -30,6 +30,15 @@ def _viewer_dir() -> Path | None:
 
 
 STATIC_DIR = _viewer_dir()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("thoughtstream")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
 
 
 async def _http_error(request: Any, exc: Exception) -> Any:
@@ -57,7 +66,10 @@ def create_app(settings: Settings | None = None, registry: AgentRegistry | None 
 
     # Socket.IO at /socket.io/ (HTTP long-polling and WebSocket); everything else is Starlette's.
     sockets = SocketIOTransport(settings)
-    routes: list[Any] = [*http.routes, *sse.routes, Mount("/socket.io", app=sockets.asgi, name="socket.io")]
+    api = Api("thoughtstream", _version(),
+              overrides={"SubmitRequest": http.submit_schema(registry.describe())})
+    routes: list[Any] = [api.operation(endpoint, op) for endpoint, op in (*http.operations, *sse.operations)]
+    routes += [serve_document(api), Mount("/socket.io", app=sockets.asgi, name="socket.io")]
     if STATIC_DIR is not None:
         routes.append(Mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static"))
     app = Starlette(routes=routes, lifespan=lifespan,

@@ -11,12 +11,14 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 from ..events import dumps
 from ..runs.store import STATUSES
+from .api_models import (AgentList, AnswerRequest, Health, RunPage, RunSnapshot, RunView, SubmitAccepted,
+                         dump)
 from .common import RequestError, SubmitRequest, check_idempotency_key, request_caller, validate
+from .openapi import Operation, Param
 
 
 class JSONBytes(Response):
@@ -26,8 +28,24 @@ class JSONBytes(Response):
         return dumps(content)
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def read_json(request: Request) -> Any:
-    """The body as JSON, counted as it is read (a chunked body has no Content-Length)."""
+    """The body as JSON, counted as it is read (a chunked body has no Content-Length).
+
+    A body declared as something else is refused before it is read: form posts and
+    text bodies are mistakes a client should hear about, not have guessed at. A body
+    with no Content-Type at all is read as JSON (``curl --data`` habits aside, that is
+    what a bare client means).
+    """
+    declared_type = request.headers.get("content-type")
+    if declared_type is not None and not _is_json(declared_type):
+        raise RequestError("unsupported_media_type",
+                           f"the body must be JSON (Content-Type: application/json), not {declared_type[:80]!r}",
+                           status=415)
     limit = request.app.state.settings.max_body_bytes
     too_large = RequestError("body_too_large", f"request body exceeds {limit} bytes", status=413)
     declared = request.headers.get("content-length")
@@ -54,15 +72,15 @@ async def submit_run(request: Request) -> Response:
         req.agent, req.input, metadata=req.metadata, tenant=caller.tenant,
         idempotency_key=idem)
     url = f"/runs/{rec.run_id}"
-    body = {"run_id": rec.run_id, "status": rec.status, "agent": rec.agent,
-            "events_url": f"{url}/events", "room": f"run:{rec.run_id}", "created": created}
-    return JSONBytes(body, status_code=202, headers={"Location": url})
+    body = SubmitAccepted(run_id=rec.run_id, status=rec.status, agent=rec.agent,
+                          events_url=f"{url}/events", room=f"run:{rec.run_id}", created=created)
+    return JSONBytes(dump(body), status_code=202, headers={"Location": url})
 
 
 async def get_run(request: Request) -> Response:
     caller = await request_caller(request)
-    return JSONBytes(await request.app.state.runs.snapshot(request.path_params["run_id"],
-                                                           tenant=caller.tenant))
+    snap = await request.app.state.runs.snapshot(request.path_params["run_id"], tenant=caller.tenant)
+    return JSONBytes(dump(RunSnapshot.model_validate(snap)))
 
 
 async def list_runs(request: Request) -> Response:
@@ -81,13 +99,14 @@ async def list_runs(request: Request) -> Response:
     rows = await request.app.state.runs.list(tenant=caller.tenant, status=status,
                                              limit=limit, before=before)
     next_before = rows[-1].created_at if len(rows) == limit else None
-    return JSONBytes({"runs": [r.to_dict() for r in rows], "next_before": next_before})
+    page = RunPage(runs=[RunView.model_validate(r.to_dict()) for r in rows], next_before=next_before)
+    return JSONBytes(dump(page))
 
 
 async def cancel_run(request: Request) -> Response:
     caller = await request_caller(request)
     rec = await request.app.state.runs.cancel(request.path_params["run_id"], tenant=caller.tenant)
-    return JSONBytes(rec.to_dict())
+    return JSONBytes(dump(RunView.model_validate(rec.to_dict())))
 
 
 async def resume_run(request: Request) -> Response:
@@ -96,33 +115,78 @@ async def resume_run(request: Request) -> Response:
     if not isinstance(payload, dict) or "value" not in payload:
         raise RequestError("invalid_request", 'body must be an object with a "value"',
                            status=422, field="value")
+    answer = AnswerRequest.model_validate(payload)
     caller = await request_caller(request)
-    rec = await request.app.state.runs.answer(request.path_params["run_id"], payload["value"],
+    rec = await request.app.state.runs.answer(request.path_params["run_id"], answer.value,
                                               tenant=caller.tenant)
-    return JSONBytes(rec.to_dict(), status_code=202)
+    return JSONBytes(dump(RunView.model_validate(rec.to_dict())), status_code=202)
 
 
 async def list_agents(request: Request) -> Response:
-    return JSONBytes({"agents": request.app.state.registry.describe()})
+    return JSONBytes(dump(AgentList.model_validate({"agents": request.app.state.registry.describe()})))
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONBytes(dump(Health(status="ok")))
 
 
 async def readyz(request: Request) -> Response:
     if not await request.app.state.bus.ping():
         raise RequestError("not_ready", "the event bus backend is unreachable", status=503)
-    return JSONResponse({"status": "ready"})
+    return JSONBytes(dump(Health(status="ready")))
 
 
-routes = [
-    Route("/runs", submit_run, methods=["POST"]),
-    Route("/runs", list_runs, methods=["GET"]),
-    Route("/runs/{run_id}", get_run, methods=["GET"]),
-    Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
-    Route("/runs/{run_id}/resume", resume_run, methods=["POST"]),
-    Route("/agents", list_agents, methods=["GET"]),
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
+def submit_schema(agents: list[dict[str, Any]]) -> dict[str, Any]:
+    """``SubmitRequest`` as this server takes it: one variant per registered agent, with
+    that agent's own input schema (the model alone can only say "an object")."""
+    base = SubmitRequest.model_json_schema()
+    variants = []
+    for agent in agents:
+        schema = agent["input_schema"]
+        if "$defs" in schema or b'"$ref"' in dumps(schema):
+            schema = {"type": "object"}  # refs would point into the agent's own document
+        variants.append({
+            "type": "object", "additionalProperties": False, "required": ["agent"],
+            "properties": {"agent": {"const": agent["name"]}, "input": schema,
+                           "metadata": base["properties"]["metadata"]},
+        })
+    if not variants:
+        return base
+    return {"title": base["title"], "description": base.get("description", ""), "oneOf": variants}
+
+
+RUN_ID = Param("run_id", "path", {"type": "string", "minLength": 1}, "the run's id")
+RUNS = ("runs",)
+
+# Every route of this module, described once: app.py serves them and /openapi.json
+# publishes them from this table.
+operations: list[tuple[Any, Operation]] = [
+    (submit_run, Operation(
+        "POST", "/runs", "Start a run: stored as queued, executed in the background",
+        ok_status=202, ok_model=SubmitAccepted, ok_headers=("Location",), body=SubmitRequest,
+        params=(Param("Idempotency-Key", "header", {"type": "string", "minLength": 1, "maxLength": 255},
+                      "the same key returns the same run"),),
+        errors=(400, 404, 409, 413, 415, 422, 429), tags=RUNS)),
+    (list_runs, Operation(
+        "GET", "/runs", "Recent runs of the caller's tenant, newest first, paged",
+        ok_model=RunPage,
+        params=(Param("status", "query", {"type": "string", "enum": sorted(STATUSES)}),
+                Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
+                Param("before", "query", {"type": "number"}, "created_at of the last run of the previous page")),
+        errors=(400,), tags=RUNS)),
+    (get_run, Operation(
+        "GET", "/runs/{run_id}", "A run's snapshot: status, timestamps, result or error, log bounds",
+        ok_model=RunSnapshot, params=(RUN_ID,), errors=(404,), tags=RUNS)),
+    (cancel_run, Operation(
+        "POST", "/runs/{run_id}/cancel", "Cancel a run wherever it executes",
+        ok_model=RunView, params=(RUN_ID,), errors=(404, 409), tags=RUNS)),
+    (resume_run, Operation(
+        "POST", "/runs/{run_id}/resume", "Answer a run waiting in interrupted",
+        ok_status=202, ok_model=RunView, body=AnswerRequest, params=(RUN_ID,),
+        errors=(400, 404, 409, 413, 415, 422), tags=RUNS)),
+    (list_agents, Operation("GET", "/agents", "The registered agents and their input schemas",
+                            ok_model=AgentList, tags=("agents",))),
+    (healthz, Operation("GET", "/healthz", "Liveness", ok_model=Health, tags=("meta",))),
+    (readyz, Operation("GET", "/readyz", "Readiness: the backend is reachable", ok_model=Health,
+                       tags=("meta",))),
 ]

@@ -14,11 +14,12 @@ from typing import AsyncIterator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ..bus.base import BusError, CursorExpired, Subscription, UnknownLog, subscribe
 from ..events import Event, dumps
-from .common import RequestError, api_error, parse_seq, request_caller
+from .common import MAX_CURSOR_DIGITS, RequestError, api_error, parse_seq, request_caller
+from .api_models import EventView, ResetView
+from .openapi import Operation, Param, ref
 
 log = logging.getLogger(__name__)
 
@@ -108,4 +109,30 @@ async def _frames(sub: Subscription, ns_filter: frozenset[str] | None) -> AsyncI
         await sub.aclose()
 
 
-routes = [Route("/runs/{run_id}/events", stream_events, methods=["GET"])]
+CURSOR = {"type": "string", "pattern": f"^[0-9]{{1,{MAX_CURSOR_DIGITS}}}$"}
+
+operations = [
+    (stream_events, Operation(
+        "GET", "/runs/{run_id}/events",
+        "Watch a run: every event after the cursor, in order, once, then live ones until the end",
+        ok_media="text/event-stream",
+        # One SSE event (OpenAPI 3.1: the schema of a text/event-stream describes each event).
+        ok_schema={
+            "type": "object", "required": ["event", "data"],
+            "description": ("`id: <seq>`, `event: <ns>`, `data: <event JSON>`; `event: reset` when the log "
+                            "no longer holds what the cursor needs; `: ping` comments keep it alive"),
+            "properties": {
+                "event": {"type": "string"},
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "retry": {"type": "integer"},
+                "data": {"type": "string", "contentMediaType": "application/json",
+                         "contentSchema": {"anyOf": [ref(EventView), ref(ResetView)]}},
+            }},
+        models=(EventView, ResetView),
+        params=(Param("run_id", "path", {"type": "string", "minLength": 1}),
+                Param("Last-Event-ID", "header", CURSOR, "resume after this seq (browsers resend it)"),
+                Param("last_event_id", "query", CURSOR, "the same cursor, for clients that cannot set headers"),
+                Param("after", "query", CURSOR, "alias of last_event_id"),
+                Param("ns", "query", {"type": "string"}, "comma-separated namespaces to keep, e.g. THOUGHT,TOOL_USE")),
+        errors=(400, 404, 410), tags=("runs",))),
+]
