@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from .backoff import Backoff
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ class WorkerProcesses:
         self.count = count
         self.restart_delay_s = restart_delay_s
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._started: list[float] = []
+        # Per slot: a worker that dies at once again and again (a bad agent, Redis away)
+        # is restarted ever more slowly instead of every second.
+        self._backoff: list[Backoff] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -45,6 +50,9 @@ class WorkerProcesses:
 
     def __enter__(self) -> WorkerProcesses:
         self.procs = [self._spawn() for _ in range(self.count)]
+        self._started = [time.monotonic()] * self.count
+        self._backoff = [Backoff(first=self.restart_delay_s, cap=30 * self.restart_delay_s)
+                         for _ in range(self.count)]
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -52,10 +60,17 @@ class WorkerProcesses:
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
             for i, proc in enumerate(self.procs):
-                if proc.poll() is not None and not self._stop.is_set():
-                    log.warning("worker process %d exited with %s; restarting", proc.pid, proc.returncode)
-                    time.sleep(self.restart_delay_s)
-                    self.procs[i] = self._spawn()
+                if proc.poll() is None or self._stop.is_set():
+                    continue
+                if time.monotonic() - self._started[i] > 60:
+                    self._backoff[i].reset()  # it ran a good while: this is a fresh failure
+                delay = self._backoff[i].step()
+                log.warning("worker process %d exited with %s; restarting in %.1fs", proc.pid,
+                            proc.returncode, delay)
+                if self._stop.wait(delay):
+                    return
+                self.procs[i] = self._spawn()
+                self._started[i] = time.monotonic()
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
