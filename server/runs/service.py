@@ -12,6 +12,9 @@ from .lifecycle import Lifecycle
 from .store import INTERRUPTED, NO_ANSWER, QUEUED, RunRecord, RunStore, new_run_id
 
 
+SNAPSHOT_SETTLE_S = 1.0
+
+
 class ServiceError(Exception):
     status = 400
     code = "bad_request"
@@ -119,6 +122,13 @@ class RunService:
     async def snapshot(self, run_id: str, *, tenant: str) -> dict[str, Any]:
         rec = await self.get(run_id, tenant=tenant)
         bounds = await self.bus.bounds(run_id)
+        # An ending writes the record, then the terminal events (lifecycle.py): a snapshot
+        # taken between the two would say "succeeded" with a last_seq that then grows.
+        # The ender is mid-write; give it a moment so the snapshot is one moment's truth.
+        deadline = time.monotonic() + SNAPSHOT_SETTLE_S
+        while rec.terminal and bounds is not None and not bounds.ended and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            bounds = await self.bus.bounds(run_id)
         out = rec.to_dict()
         out["last_seq"] = bounds.last_seq if bounds else None
         out["first_seq"] = bounds.first_seq if bounds else None
