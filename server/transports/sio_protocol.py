@@ -146,7 +146,19 @@ class PacketCache:
         self._max_events = max_events
         self._events = 0
         self._items: dict[tuple[str, int, int, bool], list[eio_packet.Packet]] = {}
+        # ``event`` packets by seq too: sockets catching up from different cursors read
+        # different ranges of the same events.
+        self._singles: dict[tuple[str, int], eio_packet.Packet] = {}
         self.hits = 0
+
+    def _single(self, event: Event) -> eio_packet.Packet:
+        key = (event.run_id, event.seq)
+        pkt = self._singles.get(key)
+        if pkt is None:
+            pkt = self._singles[key] = event_packet("event", event.encode())
+            if len(self._singles) > self._max_events:
+                del self._singles[next(iter(self._singles))]
+        return pkt
 
     def packets(self, batch: list[Event], batched: bool) -> list[eio_packet.Packet]:
         """``event`` packets, one per event, or ``events`` lists of up to BATCH_MAX; the
@@ -157,12 +169,12 @@ class PacketCache:
         if out is not None:
             self.hits += 1
             return out
-        encoded = [e.encode() for e in batch]  # cached on the event: once, whoever receives it
         if batched:
+            encoded = [e.encode() for e in batch]  # cached on the event: once, whoever receives it
             out = [event_packet("events", b"[" + b",".join(encoded[i:i + BATCH_MAX]) + b"]")
                    for i in range(0, len(encoded), BATCH_MAX)]
         else:
-            out = [event_packet("event", j) for j in encoded]
+            out = [self._single(e) for e in batch]
         if last.is_terminal:
             out.append(run_end_packet(last.run_id, last.data.get("state")))
         size = last.seq - first.seq + 1

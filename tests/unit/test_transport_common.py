@@ -140,3 +140,11 @@ def test_packet_cache_stays_bounded_in_events() -> None:
     hits = cache.hits
     cache.packets(first, True)
     assert cache.hits == hits  # aged out, rebuilt
+
+
+def test_event_packets_are_shared_across_ranges() -> None:
+    """Per-event packets are reused by seq, whatever range a socket reads them in."""
+    cache = PacketCache(max_events=100)
+    whole = cache.packets(_events("r", range(1, 21)), False)
+    part = cache.packets(_events("r", range(5, 11)), False)
+    assert all(p is q for p, q in zip(part, whole[4:10]))
