@@ -97,8 +97,10 @@ async def _open_memory(settings: Settings, registry: Any) -> AsyncIterator[Backe
 
 
 @asynccontextmanager
-async def redis_connection(url: str, *, outage_s: float, max_connections: int = 64) -> AsyncIterator[RedisOps]:
-    """The process's Redis connections and retry policy, closed on the way out."""
+async def redis_connection(url: str, *, outage_s: float, max_connections: int = 64,
+                           epoch_key: str | None = None) -> AsyncIterator[RedisOps]:
+    """The process's Redis connections and retry policy, closed on the way out.
+    ``epoch_key``: where the epoch lives that tells this process Redis lost its data."""
     from redis.asyncio import BlockingConnectionPool, Redis  # lazy: no Redis import unless asked
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -112,7 +114,7 @@ async def redis_connection(url: str, *, outage_s: float, max_connections: int = 
     client = Redis(connection_pool=pool)
     # Pub/sub gets its own client that never retries by itself (see RedisOps).
     pubsub_client = Redis.from_url(url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
-    ops = RedisOps(client, pubsub_client=pubsub_client, outage_s=outage_s)
+    ops = RedisOps(client, pubsub_client=pubsub_client, outage_s=outage_s, epoch_key=epoch_key)
     try:
         yield ops
     finally:
@@ -128,11 +130,14 @@ async def _open_redis(settings: Settings, registry: Any, with_worker: bool) -> A
     assert settings.redis_url is not None
     async with AsyncExitStack() as stack:
         ops = await stack.enter_async_context(
-            redis_connection(settings.redis_url, outage_s=settings.redis_outage_s))
+            redis_connection(settings.redis_url, outage_s=settings.redis_outage_s,
+                             epoch_key=f"{settings.key_prefix}:epoch"))
+        # open_logs=False: the store starts each log with its record, so an append never
+        # re-creates a log Redis lost (DESIGN.md, "When Redis forgets").
         bus = await stack.enter_async_context(RedisBus(
             ops, prefix=settings.key_prefix, max_events=settings.log_max_events,
             ttl_s=settings.log_ttl_s, subscriber_buffer=settings.subscriber_buffer,
-            live_ttl_s=settings.run_timeout_s + settings.log_ttl_s))
+            live_ttl_s=settings.run_timeout_s + settings.log_ttl_s, open_logs=False))
         store = RedisRunStore(ops, prefix=settings.key_prefix)
         queue = RedisQueue(ops, bus, prefix=settings.key_prefix)
         lifecycle = Lifecycle(store=store, bus=bus, max_attempts=settings.max_attempts)

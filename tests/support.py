@@ -175,12 +175,13 @@ def wait_workers(redis: RedisServer, n: int, prefix: str = "ts", timeout: float 
 
 
 @contextlib.contextmanager
-def redis_topology(apis: Sequence[str], workers: Sequence[str],
-                   env: dict[str, str] | None = None) -> Iterator[tuple[RedisServer, dict[str, ServerProcess]]]:
-    """A durable redis-server, API processes (``--workers 0``) and worker processes, all
-    sharing one checkpoint directory, as the processes of one machine do. Their logs are
-    printed on the way out (pytest shows them when the test failed)."""
-    redis = RedisServer(durable=True).start()
+def redis_topology(apis: Sequence[str], workers: Sequence[str], env: dict[str, str] | None = None,
+                   *, durable: bool = True) -> Iterator[tuple[RedisServer, dict[str, ServerProcess]]]:
+    """A redis-server (durable unless told otherwise: ``durable=False`` comes back empty
+    from a restart), API processes (``--workers 0``) and worker processes, all sharing one
+    checkpoint directory, as the processes of one machine do. Their logs are printed on the
+    way out (pytest shows them when the test failed)."""
+    redis = RedisServer(durable=durable).start()
     shared = {
         "THOUGHTSTREAM_DATA_DIR": tempfile.mkdtemp(prefix="ts-data-"),
         "THOUGHTSTREAM_REDIS_URL": redis.url,

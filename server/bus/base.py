@@ -36,6 +36,23 @@ class UnknownLog(BusError):
         super().__init__(f"run {run_id!r} has no event log (unknown run, or its log expired)")
 
 
+class LogLost(UnknownLog):
+    """The run's log (or its record) vanished while the run was live: the backend lost its
+    data (Redis restarted without persistence, a failover to a replica that was behind).
+
+    Nothing more is appended to such a run (a seq is never reused for another event), its
+    watchers get ``reset {reason: "log_lost"}`` and an end, and every endpoint answers 404.
+    A subclass of UnknownLog: whoever handles "this run has no log" handles this too.
+    """
+
+    code = "log_lost"
+
+    def __init__(self, run_id: str, why: str = "its event log vanished (the backend lost its data)") -> None:
+        self.run_id = run_id
+        self.why = why
+        BusError.__init__(self, f"run {run_id!r} is lost: {why}; it cannot continue or be replayed")
+
+
 class CursorExpired(BusError):
     """Contract item 6: a cursor older than the retained log is an explicit signal."""
 
@@ -272,13 +289,21 @@ class Subscription:
             if timer is not None:
                 timer.cancel()
 
+    def _present(self, bounds: LogBounds | None) -> LogBounds:
+        """The log's bounds, or LogLost if the log vanished under this live subscriber (or
+        went backwards: its seqs would name other events). Without this a watcher of a lost
+        run would wait forever, fed pings and no end."""
+        if bounds is None or bounds.last_seq < self.last:
+            raise LogLost(self.run_id)
+        return bounds
+
     async def _live(self) -> AsyncIterator[list[Event]]:
         while not self.done:
             await self._sink.wait()
             if self._sink.idle_check:
                 self._sink.idle_check = False
-                bounds = await self.bus.bounds(self.run_id)
-                if bounds is not None and bounds.last_seq > self.last:
+                bounds = self._present(await self.bus.bounds(self.run_id))
+                if bounds.last_seq > self.last:
                     self._sink.resync_needed()
             if self._sink.overflowed:
                 self._sink.overflowed = False
@@ -287,6 +312,10 @@ class Subscription:
                          self.run_id, self.last, "buffer full or backend reconnect")
                 self._sink.take()
                 batch = self._accept(await self._history())
+                if not batch:
+                    # Nothing new: is the log still there? A resync is what a backend asks
+                    # for after it reconnected, and an emptied Redis reads as "nothing new".
+                    self._present(await self.bus.bounds(self.run_id))
             else:
                 live = self._sink.take()
                 if not live:

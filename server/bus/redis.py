@@ -9,6 +9,11 @@ reconnects with capped backoff and every local subscriber resyncs from the Strea
 The bus opens no connection of its own: the backend opener hands it a ``RedisOps``
 (the pooled client, the pub/sub client, the one retry policy) that the run store and
 the queue share.
+
+An append never re-creates a log that vanished (Redis came back empty): behind a run
+store, a log's meta hash is written with the run's record (``RedisRunStore.create``), and
+the script refuses a run with no meta (``LogLost``). Re-creating it would start again at
+seq 1, and the same seqs would name other events for anyone holding a cursor.
 """
 
 from __future__ import annotations
@@ -20,21 +25,26 @@ import uuid
 from typing import Any, Awaitable, Callable
 
 import orjson
+from redis.exceptions import ResponseError
 
 from ..backoff import Backoff
 from ..events import Event, dumps
 from ..redis_ops import TRANSIENT, RedisOps
-from .base import CursorExpired, LogBounds, Sink
+from .base import CursorExpired, LogBounds, LogLost, Sink
 
 log = logging.getLogger(__name__)
 
 # KEYS: log stream, meta hash. ARGV: event JSON without its seq (ends in '"seq":'),
 # channel, maxlen, ttl ms after the end, terminal flag, append token (makes a retried
-# append idempotent), ttl ms while live (refreshed by every append).
+# append idempotent), ttl ms while live (refreshed by every append), '1' if an append
+# may start a log that has no meta yet ('0' behind a run store, which starts them).
 APPEND = """
 local meta = KEYS[2]
 if redis.call('HGET', meta, 'tok') == ARGV[6] then
   return tonumber(redis.call('HGET', meta, 'seq'))
+end
+if ARGV[8] ~= '1' and redis.call('EXISTS', meta) == 0 then
+  return redis.error_reply('LOGLOST')
 end
 if redis.call('HGET', meta, 'ended') == '1' then
   return redis.error_reply('LOGCLOSED')
@@ -53,12 +63,24 @@ return seq
 """
 
 
+def log_meta_key(prefix: str, run_id: str) -> str:
+    """The hash holding a log's next seq and state; its existence is the log's existence."""
+    return f"{prefix}:run:{run_id}:meta"
+
+
 class RedisBus:
-    """Logs in Redis Streams under ``{prefix}:run:{id}:log``; fan-out over pub/sub."""
+    """Logs in Redis Streams under ``{prefix}:run:{id}:log``; fan-out over pub/sub.
+
+    ``open_logs``: an append to a run with no log starts one (a bus used alone). Behind a
+    run store it is False: the store starts each log with its record, so a log missing
+    later was lost, and appending to it is ``LogLost``.
+    """
 
     def __init__(self, ops: RedisOps, *, prefix: str, max_events: int, ttl_s: float,
-                 subscriber_buffer: int, live_ttl_s: float | None = None) -> None:
+                 subscriber_buffer: int, live_ttl_s: float | None = None,
+                 open_logs: bool = True) -> None:
         self._ops = ops
+        self.open_logs = open_logs
         self.prefix = prefix
         self.max_events = max_events
         self.ttl_ms = int(ttl_s * 1000)
@@ -79,13 +101,15 @@ class RedisBus:
         return f"{self.prefix}:run:{run_id}:log"
 
     def meta_key(self, run_id: str) -> str:
-        return f"{self.prefix}:run:{run_id}:meta"
+        return log_meta_key(self.prefix, run_id)
 
     def channel(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:live"
 
     # -- lifecycle ----------------------------------------------------------
     async def __aenter__(self) -> RedisBus:
+        self._ops.on_data_lost(self._resync_all)
+        self._ops.reconnected()  # adopt (or set) the epoch, in the background
         self._listener = asyncio.create_task(self._listen_forever(), name="redis-bus-listener")
         return self
 
@@ -112,8 +136,20 @@ class RedisBus:
         token = uuid.uuid4().hex
         keys = [self.log_key(run_id), self.meta_key(run_id)]
         args = [head, self.channel(run_id), self.max_events, self.ttl_ms, int(terminal), token,
-                self.live_ttl_ms]
-        seq = await self._ops.call(lambda: self._append(keys=keys, args=args))
+                self.live_ttl_ms, int(self.open_logs)]
+
+        async def op() -> Any:
+            try:
+                return await self._append(keys=keys, args=args)
+            except ResponseError as exc:
+                if "LOGLOST" not in str(exc):
+                    raise
+            # Most likely all of Redis was emptied: have the epoch say so now, not at the
+            # next reconnect (a restart this process did not see, say).
+            self._ops.reconnected()
+            raise LogLost(run_id)
+
+        seq = await self._ops.call(op)
         return Event(run_id, int(seq), ns, agent, data, ts)
 
     async def read(self, run_id: str, after: int, limit: int | None = None) -> list[Event]:
@@ -174,6 +210,12 @@ class RedisBus:
                     except TRANSIENT:
                         pass
 
+    async def _resync_all(self) -> None:
+        """Redis lost its data: every local subscriber reads its log again, and finds it gone."""
+        for sinks in list(self._sinks.values()):
+            for sink in list(sinks):
+                sink.resync_needed()
+
     def local_channels(self) -> int:
         return len(self._sinks)
 
@@ -213,9 +255,10 @@ class RedisBus:
                     self.reconnects += 1
                     log.warning("redis pub/sub reconnected; %d local channels resync from their logs",
                                 len(self._sinks))
-                    for sinks in list(self._sinks.values()):
-                        for sink in list(sinks):
-                            sink.resync_needed()
+                    # Did it come back empty? Checked in the background (a Redis loading its
+                    # AOF answers LOADING for a while); a loss resyncs everyone again.
+                    self._ops.reconnected()
+                    await self._resync_all()
                 first = False
                 backoff.reset()
                 self._connected.set()

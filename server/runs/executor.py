@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from ..bus.base import BackendUnavailable, Bus
+from ..bus.base import BackendUnavailable, Bus, LogLost
 from ..events import STATUS, STEP, THOUGHT, dumps
-from .lifecycle import SHUTDOWN_REASON, Lifecycle, RunHandle, to_the_end
+from .lifecycle import LOG_LOST_REASON, SHUTDOWN_REASON, Lifecycle, RunHandle, to_the_end
 from .store import INTERRUPTED, NO_ANSWER, RUNNING, InvalidTransition, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,22 @@ class Executor:
         ``recover``: the run was RUNNING on a worker that died; continue it from its last
         checkpoint in the same log, announcing the rewind first. ``answer``: the run was
         interrupted for a human; continue it with this value. Returns the record, or None
-        when the run was cancelled or answered before this attempt could start.
+        when the run was cancelled or answered before this attempt could start, or lost.
         """
+        try:
+            return await self._attempt(rec, handle, worker=worker, recover=recover, answer=answer)
+        except LogLost as exc:
+            # Its log (or record) vanished: the backend lost its data. Nothing can be written
+            # for it any more, not even its end (a new log would reuse seqs): stop, say so once.
+            self._lost(rec.run_id, exc.why)
+            return None
+
+    @staticmethod
+    def _lost(run_id: str, why: str) -> None:
+        log.error("run %s stopped (log_lost): %s; nothing more is written for it", run_id, why)
+
+    async def _attempt(self, rec: RunRecord, handle: RunHandle | None, *, worker: str | None,
+                       recover: bool, answer: Any) -> RunRecord | None:
         run_id = rec.run_id
         try:
             graph = self.graph(rec.agent)
@@ -199,14 +213,18 @@ class Executor:
             async with asyncio.timeout(timeout):
                 await self._stream(rec, graph, graph_input, mapper)
         except asyncio.CancelledError as exc:
-            await self._cancelled(run_id, handle.cancel_reason(exc) if handle else "cancelled")
+            try:
+                await self._cancelled(run_id, handle.cancel_reason(exc) if handle else "cancelled")
+            except LogLost as lost:  # the cancel still goes through; its ending had nowhere to go
+                self._lost(run_id, lost.why)
             raise
         except TimeoutError:
             msg = f"run exceeded its timeout of {timeout:g} s"
             return (await self.lifecycle.fail(run_id, "timeout", msg)).record
-        except BackendUnavailable:
-            # Not the graph's fault, and the ending could not be written either: the run
-            # stays as it is and is recovered once the backend is back.
+        except (BackendUnavailable, LogLost):
+            # Not the graph's fault, and the ending could not be written either. Unavailable:
+            # the run stays as it is and is recovered once the backend is back. Lost: ``run``
+            # stops it.
             raise
         except Exception as exc:  # the graph failed; the run fails, the server does not
             if handle is not None and handle.reason is not None:
@@ -221,6 +239,9 @@ class Executor:
         return await to_the_end(self._conclude(rec, graph, mapper, time.monotonic() - started))
 
     async def _cancelled(self, run_id: str, reason: str) -> RunRecord | None:
+        if reason == LOG_LOST_REASON:
+            self._lost(run_id, "Redis lost its data while it ran")
+            return None
         if reason == SHUTDOWN_REASON and self.recoverable:
             # Leave it running: the next start (or another worker) recovers it.
             log.info("run %s left for recovery after shutdown", run_id)

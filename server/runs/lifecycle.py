@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # The wire word for "continued after its worker died" (clients fold at its rewind_to).
 RESUMED = "resumed"
 SHUTDOWN_REASON = "server shutting down"
+# A run cancelled because Redis lost its log: it ends with no ending written (there is no
+# log to write it to, and a new one would reuse seqs), see Executor._cancelled.
+LOG_LOST_REASON = "redis lost its data"
 T = TypeVar("T")
 
 

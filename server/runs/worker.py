@@ -4,6 +4,10 @@ A worker keeps the pending entries of the runs it executes fresh (XCLAIM to itse
 its heartbeat). When a worker dies, its entries go idle; after the lease any other
 worker's reaper takes them over with XAUTOCLAIM and asks the lifecycle what the run
 becomes (run it, resume it from its checkpoint, or fail it as lost).
+
+When Redis comes back empty, the runs in flight are gone with it: the worker stops the
+ones it executes whose log vanished (``LOG_LOST_REASON``; nothing more is written for
+them), and carries on with new runs (the queue's group is re-created on NOGROUP).
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import orjson
 from redis.exceptions import ResponseError
 
 from ..backoff import Backoff
-from ..bus.base import BackendUnavailable, ControlBus
+from ..bus.base import BackendUnavailable, ControlBus, LogLost
 from ..redis_ops import TRANSIENT, RedisOps
 from .executor import Executor
-from .lifecycle import SHUTDOWN_REASON, Dispatch, Lifecycle, RunHandle
+from .lifecycle import LOG_LOST_REASON, SHUTDOWN_REASON, Dispatch, Lifecycle, RunHandle
 from .store import NO_ANSWER, RunStore
 
 log = logging.getLogger(__name__)
@@ -107,6 +111,7 @@ class Worker:
                             backoff.next_delay)
                 await backoff.wait()
         await self.bus.on_control(CONTROL, self._on_control)
+        self.queue.ops.on_data_lost(self._on_data_lost)
         loops = ((self._consume(), "consume"),
                  (self._periodic(self.lease_s / 4, "heartbeat", self._heartbeat), "heartbeat"),
                  (self._periodic(self.lease_s / 3, "reaper", self._reap), "reap"))
@@ -128,6 +133,13 @@ class Worker:
 
     def active(self) -> int:
         return len(self._running)
+
+    async def _on_data_lost(self) -> None:
+        """Redis lost its data: stop the runs executing here whose log went with it. A run
+        started since Redis came back has its log, and goes on."""
+        for run_id, (handle, _msg_id) in list(self._running.items()):
+            if await self.bus.bounds(run_id) is None:
+                handle.cancel(LOG_LOST_REASON)
 
     def _on_control(self, msg: dict[str, Any]) -> None:
         run_id = msg.get("cancel")
@@ -153,6 +165,7 @@ class Worker:
                 continue
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis restarted empty: recreate and carry on
+                    self.queue.ops.reconnected()  # and have the epoch check say so
                     try:
                         await self.queue.ensure_group()
                     except TRANSIENT:
@@ -182,6 +195,8 @@ class Worker:
                 # another worker claims and recovers it.
                 self._release(run_id)
                 return
+        except LogLost as exc:  # its record is there but not whole, or its log vanished
+            log.error("worker %s: run %s not executed (log_lost): %s", self.name, run_id, exc.why)
         except BackendUnavailable as exc:
             # Redis stayed away past the outage allowance: the run cannot even record its
             # end. Its entry stays pending; once Redis is back and the lease has run out,
@@ -231,7 +246,14 @@ class Worker:
         """Keep our pending entries' idle time low: proof of life, per run."""
         ids = [m for _, m in self._running.values()]
         if ids:
-            await self.redis.xclaim(self.queue.stream, GROUP, self.name, 0, ids, justid=True)
+            try:
+                await self.redis.xclaim(self.queue.stream, GROUP, self.name, 0, ids, justid=True)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The queue vanished: Redis lost its data. The epoch check says so and
+                # stops the runs that went with it; the consumer re-creates the group.
+                self.queue.ops.reconnected()
 
     async def _reap(self) -> None:
         """Take over entries whose worker stopped heartbeating for longer than the lease."""
@@ -252,6 +274,9 @@ class Worker:
                 continue
             try:
                 await self._take_over(mid, run_id, _answer(fields))
+            except LogLost as exc:  # nothing left to recover
+                log.error("worker %s: run %s not taken over (log_lost): %s", self.name, run_id, exc.why)
+                await self._done(mid)
             except (*TRANSIENT, BackendUnavailable):
                 raise  # Redis is away: the next round retries (the entry stays claimable)
             except Exception:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..bus.base import BackendUnavailable, BusError, CursorAhead, CursorExpired, LogClosed, UnknownLog
+from ..bus.base import BackendUnavailable, BusError, CursorAhead, CursorExpired, LogClosed, LogLost, UnknownLog
 from ..runs.service import ServiceError
 from ..runs.store import DEFAULT_TENANT
 
@@ -170,7 +170,9 @@ class ApiError:
 
     def reset(self, run_id: str) -> dict[str, Any]:
         """A live stream's ``reset``: the log no longer holds what this subscriber needs."""
-        body: dict[str, Any] = {"run_id": run_id, "reason": self.code, "message": self.message}
+        # A lost run is a 404 run_lost to a request; to a live stream, its log was lost.
+        reason = self.detail.get("reason", self.code)
+        body: dict[str, Any] = {"run_id": run_id, "reason": reason, "message": self.message}
         if "first_seq" in self.detail:
             body["first_seq"] = self.detail["first_seq"]
         return body
@@ -180,6 +182,7 @@ class ApiError:
 # under its own code (the backend, not the request, is at fault).
 _BUS_ERRORS: tuple[tuple[type[BusError], int, str | None], ...] = (
     (CursorExpired, 410, None),
+    (LogLost, 404, "run_lost"),  # before UnknownLog, its base
     (UnknownLog, 410, "log_expired"),
     (CursorAhead, 400, None),
     (LogClosed, 409, None),
@@ -202,6 +205,8 @@ def api_error(exc: BaseException) -> ApiError:
         detail: dict[str, Any] = {}
         if isinstance(exc, CursorExpired):
             detail["first_seq"] = exc.first_seq
+        if isinstance(exc, LogLost):
+            detail["reason"] = exc.code
         last_seq = getattr(exc, "last_seq", None)
         if isinstance(last_seq, int):
             detail["last_seq"] = last_seq

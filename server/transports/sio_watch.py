@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine
 
 from ..backoff import Backoff
-from ..bus.base import Bus, CursorAhead, CursorExpired, Subscription, UnknownLog, subscribe
+from ..bus.base import Bus, CursorAhead, CursorExpired, LogLost, Subscription, UnknownLog, subscribe
 from ..config import Settings
 from .common import Caller
 from .engine import EngineSockets, SocketGone
@@ -153,6 +153,8 @@ class Delivery:
                     log.info("socket %s reset on run %s after seq %d: %s",
                              watch.client.sid, run_id, watch.last, exc)
                     await self._send(watch, [reset_packet(run_id, exc)])
+                    if isinstance(exc, LogLost):  # the run is over for good: its end, as for any run
+                        await self._send(watch, [run_end_packet(run_id, None)])
                     return
                 except SocketGone:
                     raise
