@@ -35,9 +35,7 @@ from urllib.parse import urlsplit
 
 from .clients import Client, finish_run, hold_until_stdin_closes, open_all, runner
 
-TOKEN = re.compile(rb'"i":(\d+),"t":([-+.0-9eE]+)')
 TERMINAL = re.compile(rb'"state":"(?:succeeded|failed|cancelled)"')
-PARSE_AFTER_BYTES = 8 << 20
 
 
 def request(method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[str, int, bytes]:
@@ -62,8 +60,6 @@ class SSEClient(Client):
         self.raw = b""  # undecoded chunked bytes
         self.chunk_left = 0  # bytes left in the current chunk, its trailing CRLF included
         self.body = b""  # de-chunked bytes after the last complete frame
-        self.pending: list[tuple[float, bytes]] = []  # (receive time, complete frames)
-        self.pending_bytes = 0
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
@@ -77,12 +73,9 @@ class SSEClient(Client):
         cut = max(body.rfind(b"\n\n") + 2, body.rfind(b"\n\r\n") + 3, 0)
         if cut >= 2:
             complete, self.body = body[:cut], body[cut:]
-            self.pending.append((now, complete))
-            self.pending_bytes += len(complete)
+            self.keep(now, complete)
             if b"STATUS" in complete and TERMINAL.search(complete):
                 self._end()
-            elif self.pending_bytes > PARSE_AFTER_BYTES:
-                self.parse_pending()
 
     def _headers(self, data: bytes) -> bytes:
         self.head += data
@@ -130,18 +123,6 @@ class SSEClient(Client):
         if self.transport is not None:
             self.transport.close()
         self._finish()
-
-    def parse_pending(self) -> None:
-        pending, self.pending, self.pending_bytes = self.pending, [], 0
-        for now, complete in pending:
-            for i_b, t_b in TOKEN.findall(complete):
-                i = int(i_b)
-                if self.last_i is None:
-                    self.first_i = i
-                elif i != self.last_i + 1:  # a gap, a duplicate or disorder
-                    self.violations += 1
-                self.last_i = i
-                self.triplets.extend((i, float(t_b), now))
 
 
 async def create_then_stream(client: SSEClient, create_url: str, body: bytes, delay: float,

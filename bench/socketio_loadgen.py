@@ -8,10 +8,12 @@ The Socket.IO twin of ``bench/loadgen.py``, with the same contract towards its p
 
 READY comes once every client has its ``subscribe`` ack; a client is done at ``run_end``.
 ``--batch`` subscribes with ``batch: true`` (``events`` lists); ``--idle`` only connects,
-subscribes and holds until stdin closes. Order is checked on ``seq`` (every event).
+subscribes and holds until stdin closes. Order is checked on the tokens' index, as the SSE
+client checks it (``Client.parse_pending``).
 
 Raw sockets, not python-socketio + aiohttp: per WebSocket message this does one frame
-header parse and one orjson parse. Client frames use the all-zero mask key (masking is
+header parse; event messages are kept raw and their tokens read after the stream with
+the same regex the SSE client uses, so both clients cost the same per event. Client frames use the all-zero mask key (masking is
 mandatory, the key's randomness only matters against proxies, not here).
 """
 
@@ -59,7 +61,6 @@ class SioClient(Client):
         self.upgraded = False
         self.buf = b""
         self.frag: list[bytes] = []
-        self.last_seq: int | None = None
         self.ends = 0
 
     def _fail(self, why: str) -> None:
@@ -119,11 +120,8 @@ class SioClient(Client):
 
     def _message(self, m: bytes, now: float) -> None:
         if m[:2] == b"42":
-            if m[2:11] == b'["event",':
-                self._event(orjson.loads(m[11:-1]), now)
-            elif m[2:12] == b'["events",':
-                for ev in orjson.loads(m[12:-1]):
-                    self._event(ev, now)
+            if m[2:11] == b'["event",' or m[2:12] == b'["events",':
+                self.keep(now, m)  # tokens parsed after the stream, as the SSE client does
             else:
                 name, body = orjson.loads(m[2:])[:2]
                 if name == "run_end":
@@ -148,18 +146,6 @@ class SioClient(Client):
             self.transport.write(ws_text_frame(b"40"))
         elif m[:2] == b"44":
             self._fail(f"connect error: {m[:200]!r}")
-
-    def _event(self, ev: dict, now: float) -> None:
-        seq = ev["seq"]
-        if self.last_seq is not None and seq != self.last_seq + 1:
-            self.violations += 1
-        self.last_seq = seq
-        if ev["ns"] == "THOUGHT":
-            i = ev["data"]["i"]
-            if self.first_i is None:
-                self.first_i = i
-            self.last_i = i
-            self.triplets.extend((i, ev["data"]["t"], now))
 
     def summary(self) -> dict:
         out = super().summary()
