@@ -21,7 +21,7 @@ mapping, ``common.api_error``). The ack of a request is sent before anything tha
 causes; after an ``unsubscribe`` ack no event of that run arrives. ``batch`` exists because
 over WebSocket every Socket.IO message is one frame and one write: per-event messages cost
 about 3x SSE's CPU per delivered event, lists of events cost less than SSE
-(bench/README_socketio.md).
+(`python -m bench fanout`, bench/README.md).
 
 Each watched run of a socket reads through its own ``Subscription`` (``sio_watch.py``):
 ordering, dedup, the history-to-live handoff and slow-subscriber resync are the bus's one
