@@ -70,14 +70,18 @@ async def _open_memory(settings: Settings, registry: Any) -> AsyncIterator[Backe
     from .journal import Journal
     from .runs.queue import LocalRunner
     from .runs.store import MemoryRunStore
+    from .stats import stats_logger
 
     async with AsyncExitStack() as stack:
         journal = None
         if settings.journal:
-            journal = await stack.enter_async_context(Journal(Path(settings.data_dir) / "journal.sqlite"))
+            journal = await stack.enter_async_context(Journal(
+                Path(settings.data_dir) / "journal.sqlite", max_events=settings.log_max_events))
         bus = await stack.enter_async_context(MemoryBus(
             max_events=settings.log_max_events, ttl_s=settings.log_ttl_s,
-            subscriber_buffer=settings.subscriber_buffer, journal=journal))
+            subscriber_buffer=settings.subscriber_buffer, journal=journal,
+            finished_max_events=settings.finished_logs_max_events,
+            finished_max_bytes=settings.finished_logs_max_bytes))
         checkpointer = await stack.enter_async_context(open_checkpointer(settings))
         store = MemoryRunStore(journal=journal)
         if journal is not None:
@@ -93,7 +97,9 @@ async def _open_memory(settings: Settings, registry: Any) -> AsyncIterator[Backe
             await runner.recover(store.all())
             service = RunService(store=store, bus=bus, runner=runner, registry=registry,
                                  max_queued=settings.max_queued_runs, lifecycle=lifecycle)
-            yield Backend("memory", bus, store, runner, service, lifecycle)
+            async with stats_logger(settings.stats_log_s,
+                                    {"bus": bus.stats, "store": store.stats, "runner": runner.stats}):
+                yield Backend("memory", bus, store, runner, service, lifecycle)
 
 
 @asynccontextmanager

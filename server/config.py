@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    # Every this many seconds (0 = never), log one line of process stats at INFO on the
+    # `server.stats` logger, whatever log_level says: asyncio tasks, RSS, what the memory
+    # backend holds. For soak tests and operators watching for growth.
+    stats_log_s: float = Field(0.0, ge=0)
 
     # Agents: extra graphs as "name=module:attr" or "name=path/file.py:attr".
     agents: tuple[str, ...] = ()
@@ -48,6 +52,15 @@ class Settings(BaseSettings):
     log_max_events: int = Field(10_000, ge=10)
     log_ttl_s: float = Field(3600.0, gt=0)
     subscriber_buffer: int = Field(1024, ge=1)
+    # Finished runs' logs kept in memory, for the watchers that come right as a run ends:
+    # past either bound (events; bytes of JSON plus ~400 bytes of objects per event) the
+    # log that ended first leaves memory (one being read stays until its reader is done).
+    # With the journal a log that left is read from disk on demand, with the same cursors
+    # and TTL. With THOUGHTSTREAM_JOURNAL=false (memory only) a log that left is gone: its
+    # events answer 404, as after its TTL; so these bounds are also all the history a
+    # memory-only server keeps. Live runs' logs are never pushed out.
+    finished_logs_max_events: int = Field(20_000, ge=0)
+    finished_logs_max_bytes: int = Field(16 * 1024 * 1024, ge=0)
     sse_ping_s: float = Field(15.0, gt=0)
     sse_send_timeout_s: float = Field(30.0, gt=0)
 

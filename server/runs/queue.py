@@ -46,6 +46,9 @@ class LocalRunner:
     def active(self) -> int:
         return len(self._running)
 
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self._running), "queued": self._queue.qsize(), "workers": len(self._workers)}
+
     async def enqueue(self, run_id: str, answer: Any = NO_ANSWER) -> None:
         """Queue a run to start, or (with ``answer``) an interrupted run to continue."""
         self._queue.put_nowait(Dispatch(run_id, answer=answer))
@@ -93,6 +96,20 @@ class LocalRunner:
             log.exception("run %s crashed the executor", rec.run_id)
         finally:
             self._running.pop(rec.run_id, None)
+        await self._release_checkpoints(rec.run_id)
+
+    async def _release_checkpoints(self, run_id: str) -> None:
+        """An in-memory checkpointer keeps every step of every run it saw: once a run has
+        ended nothing can resume it (memory does not outlive the process), so its thread
+        goes. Durable checkpointers keep theirs on disk (and recovery reads them)."""
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        saver = self.executor.checkpointer
+        if not isinstance(saver, InMemorySaver):
+            return
+        rec = await self.store.get(run_id)
+        if rec is None or rec.terminal:
+            await saver.adelete_thread(run_id)
 
     async def shutdown(self, grace_s: float = 5.0) -> None:
         """Stop taking runs, cancel those in flight (they end, or stay for recovery), then stop."""

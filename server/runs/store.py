@@ -122,6 +122,9 @@ class MemoryRunStore:
             if rec.idempotency_key is not None:
                 self._idem[(rec.tenant, rec.idempotency_key)] = rec.run_id
 
+    def stats(self) -> dict[str, int]:
+        return {"records": len(self._runs), "idempotency_keys": len(self._idem)}
+
     def all(self) -> list[RunRecord]:
         return list(self._runs.values())
 
