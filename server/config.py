@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     # log that ended first leaves memory (one being read stays until its reader is done).
     # With the journal a log that left is read from disk on demand, with the same cursors
     # and TTL. With THOUGHTSTREAM_JOURNAL=false (memory only) a log that left is gone: its
-    # events answer 404, as after its TTL; so these bounds are also all the history a
-    # memory-only server keeps. Live runs' logs are never pushed out.
+    # events answer 410 log_expired, as after its TTL; so these bounds are also all the
+    # history a memory-only server keeps. Live runs' logs are never pushed out.
     finished_logs_max_events: int = Field(20_000, ge=0)
     finished_logs_max_bytes: int = Field(16 * 1024 * 1024, ge=0)
     sse_ping_s: float = Field(15.0, gt=0)

@@ -233,7 +233,7 @@ class MemoryBus:
             self._forget(rid)
         if self.journal is not None:
             # The journal's own clock is the terminal event's wall time.
-            self.journal.expire_logs(time.time() - (now - time.monotonic()) - self.ttl_s,
+            self.journal.expire_logs(time.time() + (now - time.monotonic()) - self.ttl_s,
                                      keep=set(self._readers) | set(self._logs))
         return len(expired)
 
