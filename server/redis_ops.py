@@ -104,8 +104,9 @@ class RedisOps:
         return True
 
     def reconnected(self) -> None:
-        """A command succeeded after the connection had dropped: check the epoch, once at a
-        time and in the background (the caller is on some command's path)."""
+        """Redis may have restarted (a command or the pub/sub connection got through after a
+        drop, an append found its log gone, the queue's group vanished): check the epoch,
+        one check at a time, in the background (the caller is on some command's path)."""
         if self.epoch_key is None or (self._epoch_check is not None and not self._epoch_check.done()):
             return
         self._epoch_check = asyncio.get_running_loop().create_task(self.check_epoch(),
