@@ -98,14 +98,13 @@ class Sink:
     costs the publisher nothing.
     """
 
-    __slots__ = ("_items", "_limit", "_wake", "overflowed", "drops", "idle_check", "active")
+    __slots__ = ("_items", "_limit", "_wake", "overflowed", "idle_check", "active")
 
     def __init__(self, limit: int) -> None:
         self._items: deque[Event] = deque()
         self._limit = limit
         self._wake = asyncio.Event()
         self.overflowed = False
-        self.drops = 0
         self.idle_check = False  # set by the subscription's idle timer
         self.active = False  # anything pushed since the idle timer last fired
 
@@ -113,7 +112,6 @@ class Sink:
         if len(self._items) >= self._limit:
             self._items.clear()
             self.overflowed = True
-            self.drops += 1
         self._items.append(event)
         self.active = True
         self._wake.set()
