@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
@@ -143,8 +144,6 @@ def serve_document(api: Api) -> Route:
 
     async def openapi_json(request: Request) -> Response:
         if "doc" not in cache:
-            import orjson
-
             cache["doc"] = orjson.dumps(api.document())
         return Response(cache["doc"], media_type="application/json")
 
