@@ -10,6 +10,7 @@ See bench/README.md for what each scenario measures.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,9 @@ FLAGS: dict[str, tuple[type, str]] = {
     "repeat": (int, "trials per label; results are medians"),
     "loadgen_procs": (int, "load-generator processes sharing the clients"),
     "transports": (str, "comma-separated subset of sse,socketio,socketio_batch"),
+    "cuts": (int, "sdk-chaos: cuts per run (the stream, then joins, each closed after 1-8 events)"),
+    "chunks": (int, "sdk-chaos: custom chunks per node of the chaos graph"),
+    "join_timeout_s": (float, "sdk-chaos: a join not ended after this long is a hang"),
 }
 
 
@@ -45,6 +49,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--install-langgraph", action="store_true",
                    help="create bench/.venv-langgraph with langgraph-cli[inmem] if it is missing")
     p.add_argument("--out", type=Path, help="write the JSON here instead of bench/results/")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="set in the environment of the servers the bench starts (repeatable), "
+                        "e.g. THOUGHTSTREAM_JOURNAL=false; recorded in the result's config")
     for flag, (kind, text) in FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, help=text)
     return p.parse_args(argv)
@@ -63,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: scenario {args.scenario!r} does not apply to target {t!r}: {why}", file=sys.stderr)
             return 2
     opts = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in module.DEFAULTS.items()}
+    env = dict(kv.split("=", 1) for kv in args.env)
+    # Targets' processes inherit the driver's environment (ServerProcess, Subprocess): one
+    # knob for every scenario, e.g. ours with the journal off, without a scenario of its own.
+    os.environ.update(env)
     ctx = Context(args.scenario, targets, opts, install_langgraph=args.install_langgraph)
     say(f"{args.scenario}: targets {targets}, {opts}")
     try:
@@ -72,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     result.config["targets"] = targets
+    if env:
+        result.config["env"] = env
     result.write(args.out)
     return 0
 

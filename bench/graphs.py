@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Callable
+from typing import Any, AsyncIterator, Callable
 
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
@@ -95,3 +95,78 @@ builder.add_node("emit", emit)
 builder.add_edge(START, "emit")
 builder.add_edge("emit", END)
 firehose = builder.compile(name="firehose")
+
+
+# -- chat: the same pacing through a chat model ----------------------------------------
+# ``chat`` streams ``count`` tokens at ``rate`` per second from a chat model, so they
+# travel as a real model's do: LangChain's callback machinery (on_llm_new_token) into
+# LangGraph's ``messages`` stream mode. Each token's content is ``{"i":N,"t":EMIT_TIME}``
+# (emit time taken as the chunk is yielded); inside a JSON string its quotes arrive
+# escaped, which the load generators' token pattern allows.
+
+from langchain_core.language_models import BaseChatModel  # noqa: E402
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage  # noqa: E402
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult  # noqa: E402
+from langgraph.graph.message import add_messages  # noqa: E402
+from typing_extensions import Annotated  # noqa: E402
+
+
+class PacedChatModel(BaseChatModel):
+    """A chat model answering with ``count`` tokens at ``rate``/s on ``paced``'s schedule."""
+
+    count: int = 200
+    rate: float = 50.0
+
+    @property
+    def _llm_type(self) -> str:
+        return "bench-paced"
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        # Only for non-streaming callers; the graph's ainvoke streams (LangGraph's
+        # ``messages`` handler asks for it), which is the path under test.
+        text = "".join(f'{{"i":{i},"t":{time.time()!r}}}' for i in range(self.count))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    async def _astream(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        # paced()'s schedule as a generator: absolute due times, one sleep per ~10 ms tick.
+        # BaseChatModel.astream itself reports each chunk to the callbacks (on_llm_new_token).
+        if self.count < 0 or self.rate <= 0:
+            raise ValueError("count must be >= 0 and rate > 0")
+        loop = asyncio.get_running_loop()
+        per_tick = max(1, round(self.rate * TICK_S))
+        t0 = loop.time()
+        for i in range(self.count):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=f'{{"i":{i},"t":{time.time()!r}}}'))
+            n = i + 1
+            if n % per_tick == 0 or n == self.count:
+                await asyncio.sleep(max(0.0, t0 + n / self.rate - loop.time()))
+
+
+class ChatInput(TypedDict):
+    count: int
+    rate: float
+    messages: NotRequired[list]
+
+
+class ChatState(TypedDict, total=False):
+    count: int
+    rate: float
+    messages: Annotated[list, add_messages]
+
+
+async def model(state: ChatState) -> ChatState:
+    llm = PacedChatModel(count=int(state["count"]), rate=float(state["rate"]))
+    answer = await llm.ainvoke(state.get("messages") or [HumanMessage("go")])
+    # The state keeps the answer (same id, so the messages mode does not send it again) but
+    # not its text: every token in one final RESULT/values event would be counted a second
+    # time by the load generators, which find tokens in any framing.
+    return {"messages": [AIMessage(content=f"[{llm.count} tokens]", id=answer.id)]}
+
+
+chat_builder = StateGraph(ChatState, input_schema=ChatInput)
+chat_builder.add_node("model", model)
+chat_builder.add_edge(START, "model")
+chat_builder.add_edge("model", END)
+chat = chat_builder.compile(name="chat")

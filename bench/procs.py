@@ -29,6 +29,8 @@ from .core import Delivery, NotApplicable, say
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FIREHOSE = "firehose=bench/graphs.py:firehose"
+# The token-paced chat graph (tokens through LangChain callbacks and the messages mode).
+CHAT = "chat=bench/graphs.py:chat"
 LANGGRAPH_VENV = ROOT / "bench" / ".venv-langgraph"
 LANGGRAPH_PACKAGES = ("langgraph-cli[inmem]", "langgraph")
 TARGETS = ("ours", "raw", "langgraph-dev")
@@ -125,6 +127,10 @@ class Target:
     def pids(self) -> list[int]:
         raise NotImplementedError
 
+    def worker_pids(self) -> list[int]:
+        """The processes that execute runs, where they are not the API process (over Redis)."""
+        return []
+
     def new_run(self, count: int, rate: float, gate: Path | None = None) -> RunRef:
         raise NotImplementedError
 
@@ -152,8 +158,9 @@ class Ours(Target):
 
     name = "ours"
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.server = ServerProcess("--agent", FIREHOSE, env=server_env(env)).start()
+    def __init__(self, env: dict[str, str] | None = None, agent: str = FIREHOSE, *args: str) -> None:
+        self.agent = agent.split("=", 1)[0]
+        self.server = ServerProcess("--agent", agent, *args, env=server_env(env)).start()
         self.url = self.server.url
         self.sse_urls = [self.url]
 
@@ -164,12 +171,12 @@ class Ours(Target):
         body: dict[str, Any] = {"count": count, "rate": rate}
         if gate:
             body["gate"] = str(gate)
-        r = httpx.post(self.url + "/runs", json={"agent": "firehose", "input": body}, timeout=30)
+        r = httpx.post(self.url + "/runs", json={"agent": self.agent, "input": body}, timeout=30)
         r.raise_for_status()
         return RunRef(r.json()["run_id"], r.json()["events_url"])
 
     def create_spec(self, count: int, rate: float) -> tuple[str, dict, bool]:
-        return self.url + "/runs", {"agent": "firehose", "input": {"count": count, "rate": rate}}, False
+        return self.url + "/runs", {"agent": self.agent, "input": {"count": count, "rate": rate}}, False
 
     def probes(self) -> dict[str, tuple[str, str, Any]]:
         return {"health": ("GET", "/healthz", None), "list": ("GET", "/runs?limit=10", None)}
@@ -178,12 +185,33 @@ class Ours(Target):
         self.server.stop()
 
 
+class OursWorkers(Ours):
+    """``serve --workers 2`` with no Redis named: serve starts a private redis-server and two
+    worker processes (every core of this machine); the serve process answers the API."""
+
+    name = "ours-workers"
+
+    def __init__(self, env: dict[str, str] | None = None, agent: str = CHAT, workers: int = 2) -> None:
+        super().__init__(env, agent, "--workers", str(workers))
+        deadline = time.monotonic() + 60  # until a worker takes the agent (readyz says when)
+        while httpx.get(self.url + "/readyz", timeout=5).json().get("agents_without_workers"):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"no worker took {self.agent}: {self.server.output()[-2000:]}")
+            time.sleep(0.2)
+        time.sleep(1.0)  # the second worker starts alongside the first
+
+    def pids(self) -> list[int]:
+        return [self.server.proc.pid]  # its tree: the workers and the private redis-server
+
+
 class OursOverRedis(Ours):
     """A throwaway redis-server, two API processes (``--workers 0``) and one worker process."""
 
     name = "ours-redis"
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.agent = FIREHOSE.split("=", 1)[0]
         self.redis = RedisServer().start()
         shared = server_env({"THOUGHTSTREAM_REDIS_URL": self.redis.url,
                              "THOUGHTSTREAM_DATA_DIR": tempfile.mkdtemp(prefix="bench-redis-"), **(env or {})})
@@ -202,6 +230,9 @@ class OursOverRedis(Ours):
 
     def pids(self) -> list[int]:
         return [p.proc.pid for p in self.procs] + [self.redis.proc.pid]
+
+    def worker_pids(self) -> list[int]:
+        return [self.procs[2].proc.pid]
 
     def stop(self) -> None:
         for p in self.procs:
@@ -258,11 +289,13 @@ class LangGraphDev(Target):
 
     name = "langgraph-dev"
 
-    def __init__(self, install: bool = False) -> None:
+    def __init__(self, install: bool = False, graphs: dict[str, str] | None = None,
+                 assistant: str = "firehose", stream_mode: Sequence[str] = ("custom",)) -> None:
+        self.assistant, self.stream_mode = assistant, list(stream_mode)
         exe = langgraph_venv(install)
         conf_dir = Path(tempfile.mkdtemp(prefix="bench-langgraph-"))
         (conf_dir / "langgraph.json").write_text(json.dumps({
-            "dependencies": ["."], "graphs": {"firehose": str(ROOT / "bench" / "graphs.py") + ":firehose"}}))
+            "dependencies": ["."], "graphs": graphs or {"firehose": str(ROOT / "bench" / "graphs.py") + ":firehose"}}))
         self.proc = Subprocess(
             [str(exe), "dev", "--config", str(conf_dir / "langgraph.json"), "--host", "127.0.0.1",
              "--port", "{port}", "--no-browser", "--no-reload", "--n-jobs-per-worker", "1000",
@@ -288,8 +321,8 @@ class LangGraphDev(Target):
         return RunRef(rid, f"/threads/{tid}/runs/{rid}/stream?stream_mode=custom", tid)
 
     def create_spec(self, count: int, rate: float) -> tuple[str, dict, bool]:
-        return self.url + "/runs/stream", {"assistant_id": "firehose", "input": {"count": count, "rate": rate},
-                                           "stream_mode": ["custom"]}, True
+        return self.url + "/runs/stream", {"assistant_id": self.assistant, "input": {"count": count, "rate": rate},
+                                           "stream_mode": self.stream_mode}, True
 
     def probes(self) -> dict[str, tuple[str, str, Any]]:
         return {"health": ("GET", "/ok", None), "list": ("POST", "/threads/search", {"limit": 10})}
@@ -308,6 +341,14 @@ def start_target(name: str, *, install_langgraph: bool = False, env: dict[str, s
         return Raw()
     if name == "langgraph-dev":
         return LangGraphDev(install_langgraph)
+    # The chat graph (scenario cores): embedded, every core, and langgraph dev's messages-tuple.
+    if name == "ours-chat":
+        return Ours(env, CHAT)
+    if name == "ours-workers":
+        return OursWorkers(env)
+    if name == "langgraph-dev-chat":
+        return LangGraphDev(install_langgraph, {"chat": str(ROOT / "bench" / "graphs.py") + ":chat"},
+                            "chat", ["messages-tuple"])
     raise ValueError(name)
 
 
@@ -347,10 +388,13 @@ class LoadGen:
 
     @classmethod
     def create(cls, target: Target, runs: int, count: int, rate: float, spread_s: float,
-               timeout: float) -> LoadGen:
+               timeout: float, procs: int = 1) -> LoadGen:
+        """``runs`` clients creating and streaming a run each, over ``procs`` processes (each
+        spreads its own starts over ``spread_s``: together they arrive evenly)."""
         url, body, in_response = target.create_spec(count, rate)
-        return cls([["--create", url, "--body", json.dumps(body), "--clients", str(runs), "--spread",
-                     str(spread_s), "--timeout", str(timeout), *(["--stream-in-response"] if in_response else [])]])
+        return cls([["--create", url, "--body", json.dumps(body), "--clients", str(n), "--spread",
+                     str(spread_s), "--timeout", str(timeout), *(["--stream-in-response"] if in_response else [])]
+                    for n in split(runs, procs)])
 
     def wait_ready(self) -> float:
         """Block until every process reports its clients connected; returns that time."""

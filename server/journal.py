@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS logs (run_id TEXT PRIMARY KEY, first_seq INTEGER NOT NULL,
                                  last_seq INTEGER NOT NULL, ended_at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS logs_by_end ON logs (ended_at);
+CREATE TABLE IF NOT EXISTS threads (thread_id TEXT PRIMARY KEY, body BLOB NOT NULL);
 """
 
 
@@ -55,7 +56,12 @@ class Journal:
         self._drops: set[str] = set()
         self._expiry: tuple[float, set[str]] | None = None
         self._wake = asyncio.Event()
-        self._flushed: list[asyncio.Future[None]] = []
+        # Things handed over so far, and how many of them are committed: a flush waits
+        # only for the commit that holds what was handed over before it (often the one
+        # already running), and returns at once when everything is in.
+        self._handed = 0
+        self._kept = 0
+        self._flushed: list[tuple[int, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
@@ -97,28 +103,33 @@ class Journal:
     def put_event(self, event: Event) -> None:
         event.encode()  # cached on the event: the transports need the same bytes
         self._events.append(event)
+        self._handed += 1
         self._wake.set()
 
-    def put_run(self, run_id: str, record: dict[str, Any]) -> None:
+    def put_run(self, run_id: str, record: Any) -> None:
+        """Keep a run's record: a dict, or a dataclass (orjson writes both)."""
         self._runs[run_id] = orjson.dumps(record)
+        self._handed += 1
         self._wake.set()
 
     def drop_logs(self, run_ids: list[str]) -> None:
         self._drops.update(run_ids)
+        self._handed += 1
         self._wake.set()
 
     def expire_logs(self, ended_before: float, keep: set[str]) -> None:
         """Delete the logs of runs that ended (wall time) before ``ended_before``, except
         ``keep`` (logs someone is reading, or still in memory); done by the next commit."""
         self._expiry = (ended_before, keep)
+        self._handed += 1
         self._wake.set()
 
     async def flush(self) -> None:
         """Return once everything handed over so far is committed."""
-        if self._writer is None or self._writer.done():
+        if self._writer is None or self._writer.done() or self._kept >= self._handed:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._flushed.append(fut)
+        self._flushed.append((self._handed, fut))
         self._wake.set()
         await fut
 
@@ -179,16 +190,22 @@ class Journal:
             runs, self._runs = self._runs, {}
             drops, self._drops = self._drops, set()
             expiry, self._expiry = self._expiry, None
-            waiters, self._flushed = self._flushed, []
-            try:
-                await self._in_thread(self._commit, events, runs, drops, expiry)
-            except Exception:
-                log.exception("journal commit failed; %d events not kept", len(events))
-            if events and self.on_commit is not None:
-                self.on_commit(events)
-            for fut in waiters:
-                if not fut.done():
+            handed = self._handed  # everything handed over up to here is in this group
+            if events or runs or drops or expiry is not None:
+                try:
+                    await self._in_thread(self._commit, events, runs, drops, expiry)
+                except Exception:
+                    log.exception("journal commit failed; %d events not kept", len(events))
+                if events and self.on_commit is not None:
+                    self.on_commit(events)
+            self._kept = handed
+            waiting = []
+            for target, fut in self._flushed:
+                if target > handed:
+                    waiting.append((target, fut))  # handed over during this commit: the next
+                elif not fut.done():
                     fut.set_result(None)
+            self._flushed = waiting
 
     # -- finished logs, read on demand (the reader thread) ---------------------------
     def _bounds(self, run_id: str) -> tuple[int, int, float] | None:
@@ -253,6 +270,27 @@ class Journal:
         assert self._conn is not None
         with self._conn:
             self._conn.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in run_ids])
+
+    # -- LangGraph threads' records (rare writes: each one its own commit) -------------
+    def _put_thread(self, thread_id: str, body: bytes | None) -> None:
+        assert self._conn is not None
+        with self._conn:
+            if body is None:
+                self._conn.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
+            else:
+                self._conn.execute("INSERT OR REPLACE INTO threads VALUES (?, ?)", (thread_id, body))
+
+    async def put_thread(self, thread_id: str, record: dict[str, Any] | None) -> None:
+        """Keep (or with None, forget) a thread's record."""
+        await self._in_thread(self._put_thread, thread_id,
+                              None if record is None else orjson.dumps(record))
+
+    def _threads(self) -> list[dict[str, Any]]:
+        assert self._conn is not None
+        return [orjson.loads(body) for (body,) in self._conn.execute("SELECT body FROM threads")]
+
+    async def load_threads(self) -> list[dict[str, Any]]:
+        return await self._in_thread(self._threads)
 
     async def forget_runs(self, run_ids: list[str]) -> None:
         if run_ids:

@@ -18,16 +18,19 @@ import logging
 import uuid
 from typing import Any, Awaitable, Callable, TypeVar
 
+from redis.exceptions import ClusterDownError, RedisClusterUnreachableError, ResponseError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import TryAgainError
 
 from .backoff import Backoff
 from .bus.base import BackendUnavailable, LogClosed
 
 # What a Redis outage looks like from here (BusyLoadingError, a restarted Redis still
-# reading its AOF, is a ConnectionError too).
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# reading its AOF, is a ConnectionError too). On a cluster, a shard's failover too: its
+# slots answer CLUSTERDOWN / TRYAGAIN, or are covered by nobody, until a replica took over.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, ClusterDownError,
+             TryAgainError, SlotNotCoveredError, RedisClusterUnreachableError)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -42,8 +45,17 @@ class RedisOps:
     """
 
     def __init__(self, client: Any, *, pubsub_client: Any, outage_s: float,
-                 epoch_key: str | None = None) -> None:
+                 epoch_key: str | None = None, cluster: bool = False,
+                 node_options: dict[str, Any] | None = None,
+                 startup_nodes: list[tuple[str, int]] | None = None) -> None:
         self.client = client
+        # A Redis Cluster: a MULTI or a script only within one slot (``redis_keys``), live
+        # channels are shard channels (SPUBLISH / SSUBSCRIBE, one connection per shard).
+        self.cluster = cluster
+        self._node_options = node_options or {}
+        self._node_clients: dict[tuple[str, int, float | None], Any] = {}  # a cluster's nodes
+        self._startup_nodes = startup_nodes or []  # until the cluster client learnt its map
+        self._next_node = 0
         self.pubsub_client = pubsub_client
         self.outage_s = outage_s
         # None: no epoch kept (a bus or store used alone, as the contract tests do).
@@ -128,31 +140,80 @@ class RedisOps:
                 if dropped:
                     self.reconnected()
                 return result
-            except ResponseError as exc:
-                if "LOGCLOSED" in str(exc):
-                    raise LogClosed("the run has ended; its log takes no more events") from None
-                raise
-            except TRANSIENT as exc:
+            except TRANSIENT as exc:  # first: a cluster's CLUSTERDOWN is a ResponseError too
                 dropped = True
                 if loop.time() + backoff.next_delay > deadline:
                     raise BackendUnavailable(f"redis unreachable for {self.outage_s:g}s: {exc}") from exc
                 await backoff.wait()
+            except ResponseError as exc:
+                if "LOGCLOSED" in str(exc):
+                    raise LogClosed("the run has ended; its log takes no more events") from None
+                raise
 
     def register_script(self, source: str) -> Any:
         return self.client.register_script(source)
 
     def pubsub(self) -> Any:
-        return self.pubsub_client.pubsub()
+        """A pub/sub connection for classic channels (control messages). On a cluster any
+        node hears every PUBLISH: each call takes the next known node, so a reconnect after
+        a node died goes elsewhere."""
+        if not self.cluster:
+            return self.pubsub_client.pubsub()
+        nodes = sorted((n.host, int(n.port)) for n in self.client.get_nodes()) or self._startup_nodes
+        self._next_node += 1
+        return self.node_client(*nodes[self._next_node % len(nodes)]).pubsub()
+
+    def slot_client(self, key: str, *, socket_timeout: float) -> Any:
+        """On a cluster, a client of the master that holds ``key``'s slot now (one node, one
+        connection per pipeline: what WAIT needs, since it counts that connection's writes).
+        ``socket_timeout``: a reply may take that long (WAIT's own timeout, and some)."""
+        from redis.crc import key_slot
+
+        node = self.client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        return self.node_client(node.host, int(node.port), socket_timeout=socket_timeout)
+
+    async def refresh_slots(self) -> None:
+        """Re-read the cluster's slot map (a failover or a slot move under way)."""
+        try:
+            await self.client.nodes_manager.initialize()
+        except Exception as exc:  # noqa: BLE001 - still electing: the caller retries
+            log.debug("cluster slot map not refreshed: %s", exc)
+
+    def node_client(self, host: str, port: int, *, socket_timeout: float | None = None) -> Any:
+        """A client of one cluster node that never retries by itself (a dropped pub/sub
+        connection must surface, as with ``pubsub_client``); kept until close. Pub/sub's
+        have no socket timeout (they wait for messages); command clients have one, so a
+        node that stopped answering fails the call instead of hanging it."""
+        key = (host, port, socket_timeout)
+        client = self._node_clients.get(key)
+        if client is None:
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            client = self._node_clients[key] = Redis(host=host, port=port, retry=Retry(NoBackoff(), 0),
+                                                     socket_timeout=socket_timeout, **self._node_options)
+        return client
 
     async def ping(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self.client.ping(), 2))
-        except (*TRANSIENT, asyncio.TimeoutError):
-            return False
+        # Twice: after Redis restarts, the first try may pick a pooled connection that died
+        # with the old server (it is dropped on failure); only a second failure means down.
+        for _ in range(2):
+            try:
+                return bool(await asyncio.wait_for(self.client.ping(), 2))
+            except (*TRANSIENT, asyncio.TimeoutError):
+                continue
+        return False
 
     async def aclose(self) -> None:
         if self._epoch_check is not None:
             self._epoch_check.cancel()
             await asyncio.gather(self._epoch_check, return_exceptions=True)
-        await self.pubsub_client.aclose(close_connection_pool=True)
-        await self.client.aclose(close_connection_pool=True)
+        for node in self._node_clients.values():
+            await node.aclose(close_connection_pool=True)
+        if self.pubsub_client is not None:
+            await self.pubsub_client.aclose(close_connection_pool=True)
+        if self.cluster:
+            await self.client.aclose()
+        else:
+            await self.client.aclose(close_connection_pool=True)

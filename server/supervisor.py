@@ -29,6 +29,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+# Tells a worker which process supervises it: it stops when that process is gone.
+SUPERVISOR_PID_ENV = "TS_SUPERVISOR_PID"
+
+
 class WorkerProcesses:
     """Starts ``python -m server worker`` N times; a watcher thread restarts the dead ones."""
 
@@ -45,7 +49,7 @@ class WorkerProcesses:
         self._thread: threading.Thread | None = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **settings_env(self.settings)}
+        env = {**os.environ, **settings_env(self.settings), SUPERVISOR_PID_ENV: str(os.getpid())}
         return subprocess.Popen([sys.executable, "-m", "server", "worker"], env=env)
 
     def __enter__(self) -> WorkerProcesses:

@@ -1,7 +1,10 @@
 // The thoughtstream viewer: start runs, list them, watch one live.
 // Plain ES module; the stream logic (resync, dedup, rewind) lives in client.js.
 
-import { watchRun, probeSocketIO, TERMINAL_STATES } from "./client.js";
+import {
+  watchRun, watchContext, probeSocketIO, TERMINAL_STATES, authFetch, setCredential, getCredential, parseCredential,
+  onAuthProblem,
+} from "./client.js";
 
 // ---------------------------------------------------------------- small helpers
 
@@ -24,6 +27,11 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/** replaceChildren without the "null" text it makes of a skipped (null / false) child. */
+function fillWith(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 function svg(path, cls = "ico") {
   const s = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   s.setAttribute("viewBox", "0 0 20 20");
@@ -43,10 +51,14 @@ const ICONS = {
   resume: '<path d="M4.5 10a5.5 5.5 0 1 0 1.6-3.9"/><path d="M4 3.5V7h3.5"/>',
   stop: '<rect x="5" y="5" width="10" height="10" rx="2"/>',
   copy: '<rect x="7" y="7" width="9" height="9" rx="2"/><path d="M13 4.5H5.5a1 1 0 0 0-1 1V13"/>',
+  doc: '<path d="M6 3h5.5L15 6.5V16a1 1 0 0 1-1 1H6a1 1 0 0 1-1-1V4a1 1 0 0 1 1-1z"/><path d="M11 3v4h4M7.5 10.5h5M7.5 13.5h5"/>',
+  pause: '<rect x="5.5" y="4.5" width="3" height="11" rx="1"/><rect x="11.5" y="4.5" width="3" height="11" rx="1"/>',
+  edit: '<path d="M4 16l1-4 8.5-8.5a1.4 1.4 0 0 1 2 0l1 1a1.4 1.4 0 0 1 0 2L8 15z"/><path d="M12 5l3 3"/>',
+  inbox: '<path d="M3.5 11l2-6.5h9l2 6.5v4a1 1 0 0 1-1 1h-11a1 1 0 0 1-1-1z"/><path d="M3.5 11h4l1 2h3l1-2h4"/>',
 };
 
 async function api(method, path, body) {
-  const res = await fetch(path, {
+  const res = await authFetch(path, {
     method,
     headers: body === undefined ? {} : { "Content-Type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),
@@ -126,7 +138,7 @@ const KNOWN_LANES = {
   TOOL_USE: { title: "Tool use", icon: "tool", cls: "lane-tool" },
   CRITIC_EVAL: { title: "Critic", icon: "critic", cls: "lane-critic" },
 };
-const META_NS = new Set(["STATUS", "STEP", "RESULT", "ERROR"]);
+const META_NS = new Set(["STATUS", "STEP", "RESULT", "RESULT_HELD", "ERROR"]);
 const MAX_LANE_ITEMS = 250; // DOM items per lane; text keeps flowing into its blocks regardless
 
 const state = {
@@ -138,6 +150,13 @@ const state = {
   watch: null,
   runsKey: "",
   connLog: [],
+  // who: GET /whoami's answer for the credential in use (via "none": no sign-in needed);
+  // signIn: why the sign-in box is open ({code, message, soft}), null when it is closed.
+  auth: { who: null, signIn: null, problems: [] },
+  agentsLoaded: false,
+  // The delivery context the page works on (the form's "context" key): its view
+  // (GET /contexts/{key}; null while unknown), its inbox and its live stream.
+  ctx: null,
 };
 window.__ts = state; // for the browser tests and for curious people in DevTools
 
@@ -151,6 +170,7 @@ const CONN_LABEL = {
   resynced: "Resynced",
   ended: "Complete",
   error: "Disconnected",
+  unauthorized: "Sign in to continue",
 };
 let resyncTimer = null;
 
@@ -174,6 +194,39 @@ function setConn(s, detail = {}) {
       }
     }, 4000);
   }
+}
+
+// ---------------------------------------------------------------- results
+
+const GATE_TITLES = {
+  stale: "The document changed while this ran",
+  superseded: "A newer run replaced this one",
+  expired: "This result came too late",
+};
+
+/** A run's output as DOM nodes: {nodes, kind} ("answer" for a text answer, else "result"). */
+function outputNodes(out, testid) {
+  if (out && typeof out === "object" && typeof out.answer === "string") {
+    const nodes = [h("p", { class: "answer-text", "data-testid": testid }, out.answer)];
+    const meta = h("div", { class: "answer-meta" });
+    for (const [k, v] of Object.entries(out)) {
+      if (k === "answer") continue;
+      let shown = typeof v === "number" && !Number.isInteger(v) ? v.toFixed(2) : typeof v === "object" ? JSON.stringify(v) : String(v);
+      if (shown.length > 60) shown = shown.slice(0, 57) + "…";
+      meta.append(h("span", { class: "chip" }, h("b", {}, k), " ", shown));
+    }
+    if (meta.childElementCount) nodes.push(meta);
+    return { nodes, kind: "answer" };
+  }
+  if (typeof out === "string") return { nodes: [h("p", { class: "answer-text", "data-testid": testid }, out)], kind: "answer" };
+  if (out && typeof out === "object" && !Array.isArray(out)) {
+    const dl = h("dl", { class: "kv", "data-testid": testid });
+    for (const [k, v] of Object.entries(out)) {
+      dl.append(h("dt", {}, k), h("dd", {}, typeof v === "string" ? clip(v) : h("code", {}, clip(JSON.stringify(v)))));
+    }
+    return { nodes: [dl], kind: "result" };
+  }
+  return { nodes: [h("pre", { class: "json answer-json", "data-testid": testid }, clip(prettyJSON(out), 4000))], kind: "result" };
 }
 
 // ---------------------------------------------------------------- the run view
@@ -225,6 +278,13 @@ class RunView {
     this.answerEl.replaceChildren();
     this.noticesEl.replaceChildren();
     this.attemptChip.hidden = true;
+    // The delivery gate: the verdict shown, whether the result is held, and its delivery.
+    this.verdict = null;
+    this.held = false;
+    this.delivered = null;
+    this.gateEl.hidden = true;
+    this.gateEl.replaceChildren();
+    this.badgeEl.hidden = true;
     this.renderHead();
   }
 
@@ -239,6 +299,8 @@ class RunView {
       navigator.clipboard && navigator.clipboard.writeText(this.runId).then(() => toast("Run id copied"), () => {});
     });
     this.agentEl = h("span", { class: "agent-tag" }, "…");
+    this.ctxChip = h("span", { class: "chip chip-ctx", hidden: true, "data-testid": "run-context" });
+    this.badgeEl = h("span", { class: "gate-badge", hidden: true, "data-testid": "gate-badge" });
     this.titleEl = h("h1", { class: "run-title" }, "");
     this.metric = {};
     const metric = (key, label) => {
@@ -250,8 +312,8 @@ class RunView {
     this.progressBar = h("div", { class: "progress" }, h("span"));
     const head = h("header", { class: "run-head" },
       h("div", { class: "run-row" },
-        h("div", { class: "run-ident" }, this.agentEl, this.idEl),
-        h("div", { class: "run-actions" }, this.attemptChip, this.statusEl, this.cancelBtn)),
+        h("div", { class: "run-ident" }, this.agentEl, this.idEl, this.ctxChip),
+        h("div", { class: "run-actions" }, this.attemptChip, this.badgeEl, this.statusEl, this.cancelBtn)),
       this.titleEl,
       h("div", { class: "metrics" },
         metric("steps", "steps"), metric("events", "events"), metric("chunks", "chunks"),
@@ -261,8 +323,9 @@ class RunView {
     this.noticesEl = h("div", { class: "notices" });
     this.askEl = h("section", { class: "ask", hidden: true, "data-testid": "interrupt" });
     this.answerEl = h("section", { class: "answer", hidden: true, "data-testid": "answer" });
+    this.gateEl = h("section", { class: "gate", hidden: true, "data-testid": "gate", "aria-live": "polite" });
     this.lanesEl = h("div", { class: "lanes" });
-    this.root.append(head, this.noticesEl, this.askEl, this.answerEl, this.lanesEl);
+    this.root.append(head, this.noticesEl, this.askEl, this.gateEl, this.answerEl, this.lanesEl);
   }
 
   setRecord(run) {
@@ -272,6 +335,27 @@ class RunView {
     this.titleEl.textContent = summary || `Run ${run.run_id}`;
     this.titleEl.title = summary;
     if (this.events === 0 && run.status) this.setStatus(run.status);
+    this.record = run;
+    const ctx = run.context;
+    this.ctxChip.hidden = !ctx;
+    if (ctx) {
+      fillWith(this.ctxChip, svg(ICONS.doc), h("b", {}, ctx.key), ` @ ${ctx.version}`,
+        ctx.on_stale === "hold" ? h("span", { class: "ctx-hold" }, " · hold") : null);
+      this.ctxChip.title = `answers ${ctx.key} at version ${ctx.version}; if it moves: ${ctx.on_stale === "hold" ? "hold the result" : "mark it"}`;
+    }
+    this.applyRecordGate();
+  }
+
+  /** What the record says of the gate, for what the events have not shown (yet). */
+  applyRecordGate() {
+    const run = this.record;
+    if (!run || !run.verdict) return;
+    const delivery = run.delivery || {};
+    if (run.status === "succeeded" && delivery.held && !this.held) this.showHeld(run.verdict);
+    else if (!this.verdict) this.setBadge(run.verdict);
+    if (this.held && delivery.delivered_at && !this.delivered) {
+      this.showDelivered({ output: run.result, verdict: run.verdict, delivered_at: delivery.delivered_at });
+    }
   }
 
   // -------------------------------------------------- applying events
@@ -279,6 +363,7 @@ class RunView {
   rebuild(events) {
     this.resetModel();
     for (const ev of events) this.apply(ev, true);
+    this.applyRecordGate();
     this.renderHead();
     for (const lane of this.lanes.values()) lane.follow = true;
     this.scrollLanes(true);
@@ -294,6 +379,7 @@ class RunView {
       case "STATUS": this.onStatus(ev); break;
       case "STEP": this.onStep(ev); break;
       case "RESULT": this.onResult(ev); break;
+      case "RESULT_HELD": this.showHeld(ev.data.verdict); break;
       case "ERROR": this.onError(ev); break;
       case "THOUGHT": this.onThought(ev); break;
       case "TOOL_USE": this.onTool(ev); break;
@@ -350,6 +436,10 @@ class RunView {
       for (const card of this.tools.values()) {
         if (card.dataset.state === "running") card.dataset.state = "abandoned";
       }
+      // Every run with a context ends with one verdict (failed and cancelled ones too).
+      const verdict = ev.data.verdict;
+      if (verdict && ev.data.held && !this.held) this.showHeld(verdict);
+      else if (verdict && !this.verdict) this.setBadge(verdict);
     }
     this.setStatus(s);
   }
@@ -394,7 +484,7 @@ class RunView {
       send(value, null);
     });
     const answers = Array.isArray(q.answers) ? q.answers : [];
-    el.replaceChildren(
+    fillWith(el,
       h("div", { class: "ask-label" }, "Waiting for you"),
       h("p", { class: "ask-question" }, typeof q.question === "string" ? q.question : prettyJSON(q)),
       answers.length
@@ -432,35 +522,140 @@ class RunView {
   }
 
   onResult(ev) {
-    this.result = ev.data.output;
-    const out = ev.data.output;
+    const d = ev.data || {};
+    this.result = d.output;
+    const verdict = d.verdict || null;
+    if (d.delivered_anyway) {
+      this.showDelivered(d);
+      return;
+    }
+    if (verdict) this.setBadge(verdict);
+    if (verdict && verdict.state !== "fresh") {
+      // on_stale "mark": the result came, but it is not the answer any more.
+      this.showGate(verdict, { output: d.output });
+      return;
+    }
+    this.renderAnswer(d.output, { verdict });
+  }
+
+  /** The answer box: the output, with a "fresh" badge or marked "delivered anyway". */
+  renderAnswer(out, { verdict = null, delivered = false } = {}) {
     const el = this.answerEl;
     el.hidden = false;
-    el.replaceChildren();
-    el.append(h("div", { class: "answer-label" }, svg(ICONS.check), "Answer"));
-    if (out && typeof out === "object" && typeof out.answer === "string") {
-      el.append(h("p", { class: "answer-text", "data-testid": "answer-text" }, out.answer));
-      const meta = h("div", { class: "answer-meta" });
-      for (const [k, v] of Object.entries(out)) {
-        if (k === "answer") continue;
-        let shown = typeof v === "number" && !Number.isInteger(v) ? v.toFixed(2) : typeof v === "object" ? JSON.stringify(v) : String(v);
-        if (shown.length > 60) shown = shown.slice(0, 57) + "…";
-        meta.append(h("span", { class: "chip" }, h("b", {}, k), " ", shown));
-      }
-      if (meta.childElementCount) el.append(meta);
-    } else if (typeof out === "string") {
-      el.append(h("p", { class: "answer-text", "data-testid": "answer-text" }, out));
-    } else if (out && typeof out === "object" && !Array.isArray(out)) {
-      el.firstChild.lastChild.textContent = "Result";
-      const dl = h("dl", { class: "kv", "data-testid": "answer-text" });
-      for (const [k, v] of Object.entries(out)) {
-        dl.append(h("dt", {}, k), h("dd", {}, typeof v === "string" ? clip(v) : h("code", {}, clip(JSON.stringify(v)))));
-      }
-      el.append(dl);
-    } else {
-      el.firstChild.lastChild.textContent = "Result";
-      el.append(h("pre", { class: "json answer-json", "data-testid": "answer-text" }, clip(prettyJSON(out), 4000)));
+    const { nodes, kind } = outputNodes(out, "answer-text");
+    const label = h("div", { class: "answer-label" }, svg(ICONS.check), kind === "answer" ? "Answer" : "Result");
+    if (delivered) {
+      label.append(h("span", { class: "gate-mini", "data-state": verdict ? verdict.state : "stale", "data-testid": "delivered-anyway",
+        title: verdict ? `${verdict.state}: ${verdict.reason}` : "" }, "delivered anyway"));
+    } else if (verdict && verdict.state === "fresh") {
+      label.append(h("span", { class: "gate-mini", "data-state": "fresh", "data-testid": "fresh-badge", title: verdict.reason }, "fresh"));
     }
+    el.dataset.delivered = String(!!delivered);
+    el.replaceChildren(label, ...nodes);
+  }
+
+  // -------------------------------------------------- the delivery gate
+
+  setBadge(verdict) {
+    if (!verdict || typeof verdict !== "object") return;
+    this.verdict = verdict;
+    const b = this.badgeEl;
+    b.hidden = false;
+    b.dataset.state = verdict.state;
+    b.title = verdict.reason || verdict.state;
+    fillWith(b, h("span", { class: "gate-dot", "aria-hidden": "true" }), verdict.state,
+      this.delivered ? h("span", { class: "gate-badge-extra" }, " · delivered anyway")
+        : this.held ? h("span", { class: "gate-badge-extra" }, " · held") : null);
+  }
+
+  /** A held result (RESULT_HELD): the verdict, and "Apply anyway" to release it. */
+  showHeld(verdict) {
+    if (!verdict) return;
+    this.held = true;
+    if (this.delivered) {
+      this.setBadge(verdict);
+      return;
+    }
+    this.showGate(verdict, {});
+  }
+
+  /** A non-fresh verdict instead of the answer: its state, reason and both versions. */
+  showGate(verdict, { output } = {}) {
+    this.setBadge(verdict);
+    const el = this.gateEl;
+    const st = verdict.state;
+    el.hidden = false;
+    el.dataset.state = st;
+    el.dataset.held = String(this.held);
+    const title = GATE_TITLES[st] || `Verdict: ${st}`;
+    const versions = h("p", { class: "gate-versions", "data-testid": "gate-versions" },
+      "Ran on ", h("code", { "data-testid": "gate-version" }, String(verdict.version ?? "—")),
+      " of ", h("b", {}, String(verdict.key ?? "the document")),
+      " · it is now at ", h("code", { "data-testid": "gate-current-version" }, String(verdict.current_version ?? "—")));
+    if (st === "superseded" && verdict.superseded_by) {
+      versions.append(" · replaced by ", h("a", { href: `#run=${verdict.superseded_by}`, class: "gate-link" },
+        `run ${String(verdict.superseded_by).slice(0, 12)}`));
+    }
+    const parts = [
+      h("div", { class: "gate-head" },
+        h("span", { class: "gate-icon" }, svg(this.held && !this.delivered ? ICONS.pause : ICONS.doc)),
+        h("strong", { class: "gate-title" }, title),
+        h("span", { class: "gate-mini", "data-state": st, "data-testid": "gate-state" }, st)),
+      h("p", { class: "gate-reason", "data-testid": "gate-reason" }, verdict.reason || ""),
+      versions,
+    ];
+    if (this.delivered) {
+      parts.push(h("p", { class: "gate-note", "data-testid": "gate-delivered" }, svg(ICONS.check),
+        `Applied anyway ${fmtAgo(this.delivered.at)}: shown below, marked “delivered anyway”.`));
+    } else if (this.held) {
+      const error = h("p", { class: "form-error", hidden: true, "data-testid": "apply-error" });
+      const btn = h("button", { type: "button", class: "btn btn-primary btn-inline", "data-testid": "apply-anyway" },
+        svg(ICONS.check), "Apply anyway");
+      btn.addEventListener("click", () => this.applyAnyway(btn, error));
+      parts.push(h("div", { class: "gate-actions" },
+        h("p", { class: "gate-note" }, "The result is held back: it was not delivered as the answer."),
+        btn), error);
+    } else if (output !== undefined) {
+      parts.push(h("details", { class: "gate-peek" }, h("summary", {}, "Show the result anyway"),
+        h("div", { class: "gate-peek-body", "data-testid": "gate-output" }, ...outputNodes(output, "stale-output").nodes)));
+    }
+    el.replaceChildren(...parts);
+  }
+
+  async applyAnyway(btn, error) {
+    btn.disabled = true;
+    btn.classList.add("busy");
+    error.hidden = true;
+    const id = encodeURIComponent(this.runId);
+    try {
+      this.showDelivered(await api("POST", `/runs/${id}/deliver`));
+      refreshRuns();
+    } catch (err) {
+      if (err.status === 409 && err.detail && err.detail.code === "already_delivered") {
+        // Someone (another tab) applied it first: show what they delivered.
+        try {
+          const run = await api("GET", `/runs/${id}`);
+          this.showDelivered({ output: run.result, verdict: run.verdict, delivered_at: (run.delivery || {}).delivered_at });
+          return;
+        } catch (_) { /* fall through to the error */ }
+      }
+      error.hidden = false;
+      error.textContent = `Could not apply it: ${err.message}`;
+      btn.disabled = false;
+    } finally {
+      btn.classList.remove("busy");
+    }
+  }
+
+  /** The held result, released (POST /runs/{id}/deliver, or a RESULT on the context). */
+  showDelivered(body) {
+    if (this.delivered) return;
+    const verdict = body.verdict || this.verdict;
+    this.delivered = { at: Number.isFinite(body.delivered_at) ? body.delivered_at : Date.now() / 1000 };
+    this.held = true;
+    this.result = body.output;
+    if (verdict) this.showGate(verdict, {});
+    this.renderAnswer(body.output, { verdict, delivered: true });
   }
 
   onError(ev) {
@@ -603,7 +798,7 @@ class RunView {
       const ok = d.ok !== false && !d.error;
       card.dataset.state = ok ? "ok" : "error";
       const st = card.querySelector(".tool-state");
-      st.replaceChildren(svg(ok ? ICONS.check : ICONS.cross), ok ? "ok" : "error",
+      fillWith(st, svg(ok ? ICONS.check : ICONS.cross), ok ? "ok" : "error",
         Number.isFinite(d.duration_ms) ? h("span", { class: "dur" }, `${d.duration_ms < 10 ? d.duration_ms.toFixed(1) : Math.round(d.duration_ms)} ms`) : null);
       card.append(ok ? this.toolResult(d.result) : h("div", { class: "tool-error" }, d.error || "failed"));
     }
@@ -663,7 +858,7 @@ class RunView {
     el.className = "critic";
     el.dataset.state = "done";
     el.dataset.verdict = verdict;
-    el.replaceChildren(
+    fillWith(el,
       h("div", { class: "critic-head" },
         h("span", { class: "critic-round" }, d.round ? `Round ${d.round}` : "Evaluation"),
         h("span", { class: "verdict", "data-verdict": verdict, "data-testid": "verdict" },
@@ -779,7 +974,7 @@ class RunView {
 
 function readHash() {
   const p = new URLSearchParams(location.hash.replace(/^#/, ""));
-  return { run: p.get("run"), transport: p.get("transport") };
+  return { run: p.get("run"), transport: p.get("transport"), view: p.get("view") };
 }
 
 function writeHash(runId) {
@@ -845,11 +1040,26 @@ async function openRun(runId) {
     window.scrollTo({ top: 0, behavior: smooth ? "smooth" : "auto" });
   }
   api("GET", `/runs/${encodeURIComponent(runId)}`).then((run) => {
-    if (state.view === view) view.setRecord(run);
+    if (state.view !== view) return;
+    view.setRecord(run);
+    // The document panel follows the run being looked at.
+    const key = run.context && run.context.key;
+    if (key && key !== ctxKeyOfForm() && !run.thread_id) {
+      $("#ctx-key").value = key;
+      setCtxKey(key);
+    }
   }, (err) => {
     if (state.view === view && err.status === 404) view.notice("error", "Unknown run.", "This server does not know that run id.");
   });
   startWatch(view);
+}
+
+function goHome() {
+  closeRun();
+  writeHash(null);
+  $("#run-slot").replaceChildren();
+  $("#empty").hidden = false;
+  markActiveRun();
 }
 
 function closeRun() {
@@ -904,6 +1114,8 @@ function setTransport(t) {
 // ---------------------------------------------------------------- recent runs
 
 async function refreshRuns() {
+  // Signed out: each poll would only be refused again.
+  if (state.auth.signIn && !state.auth.signIn.soft) return;
   let data;
   try {
     data = await api("GET", "/runs?limit=30");
@@ -911,7 +1123,9 @@ async function refreshRuns() {
     return;
   }
   const runs = data.runs || [];
-  const key = JSON.stringify(runs.map((r) => [r.run_id, r.status, r.progress && r.progress.steps]));
+  $("#runs-empty").textContent = "No runs yet.";
+  const key = JSON.stringify(runs.map((r) => [r.run_id, r.status, r.progress && r.progress.steps,
+    r.verdict && r.verdict.state, r.delivery && r.delivery.delivered_at]));
   $("#runs-empty").hidden = runs.length > 0;
   const list = $("#runs-list");
   if (key === state.runsKey) {
@@ -927,6 +1141,11 @@ async function refreshRuns() {
         h("span", { class: "run-item-meta" },
           h("span", { class: "agent-mini" }, r.agent), " · ",
           h("span", { class: "st" }, r.status), " · ",
+          r.verdict && r.verdict.state !== "fresh"
+            ? [h("span", { class: "gate-mini", "data-state": r.verdict.state, title: r.verdict.reason },
+              r.delivery && r.delivery.held ? (r.delivery.delivered_at ? `${r.verdict.state} · delivered` : `${r.verdict.state} · held`)
+                : r.verdict.state), " · "]
+            : null,
           h("time", { "data-ts": String(r.created_at) }, fmtAgo(r.created_at)))));
     return h("li", {}, a);
   }));
@@ -1074,13 +1293,25 @@ async function submitRun(e) {
   btn.disabled = true;
   btn.classList.add("busy");
   try {
-    const res = await api("POST", "/runs", { agent, input });
+    const body = { agent, input };
+    const key = ctxKeyOfForm();
+    if (key) {
+      // The run answers the document at its version now (rev-1 for a key nobody used yet).
+      await setCtxKey(key);
+      const c = state.ctx;
+      if (c && c.key === key) await loadCtx(c);
+      const version = (c && c.key === key && c.view && c.view.version) || "rev-1";
+      body.context = { key, version, on_stale: $("#ctx-onstale").value === "hold" ? "hold" : "mark" };
+    }
+    const res = await api("POST", "/runs", body);
+    // A new key exists now: the panel shows it and watches it.
+    if (key && state.ctx && state.ctx.key === key && !state.ctx.view) loadCtx(state.ctx);
     await openRun(res.run_id);
     refreshRuns();
   } catch (err) {
     showFormError(err);
   } finally {
-    btn.disabled = false;
+    btn.disabled = !mayStartRuns(state.auth.who);
     btn.classList.remove("busy");
   }
 }
@@ -1090,14 +1321,1066 @@ async function loadAgents() {
     const data = await api("GET", "/agents");
     state.agents = data.agents || [];
   } catch (err) {
-    showFormError(new Error(`Could not load agents: ${err.message}`));
+    // A 401 opened the sign-in box; the agents load after the sign-in.
+    if (err.status !== 401) showFormError(new Error(`Could not load agents: ${err.message}`));
     return;
   }
+  state.agentsLoaded = true;
+  showFormError(null);
   const sel = $("#agent-select");
   sel.replaceChildren(...state.agents.map((a) => h("option", { value: a.name }, a.name)));
   const saved = localStorage.getItem("ts.agent");
   if (saved && state.agents.some((a) => a.name === saved)) sel.value = saved;
   renderAgentForm(state.agents.find((a) => a.name === sel.value));
+}
+
+// ---------------------------------------------------------------- the document (a delivery context)
+
+// The form's "context" names a document (a delivery context, issue 13); the panel beside it
+// shows that document: its version, an "Edit the document" button (PUT /contexts/{key} with
+// the next version, so a run in flight on it ends stale), and its inbox - the results that
+// finished while nobody watched - from the context stream's INBOX, with "Dismiss" to ack it.
+const CTX_KEY = "ts.context";
+const CTX_ONSTALE = "ts.onStale";
+const CTX_DEFAULT = "demo-doc";
+const CTX_POLL_MS = 3000;
+
+/** rev-7 -> rev-8; v -> v-2; nothing -> rev-1. */
+function nextVersion(v) {
+  if (!v) return "rev-1";
+  const m = /^(.*?)(\d+)$/.exec(v);
+  return m ? `${m[1]}${Number(m[2]) + 1}` : `${v}-2`;
+}
+
+function ctxKeyOfForm() {
+  return $("#ctx-key").value.trim();
+}
+
+function ctxPath(key, tail = "") {
+  return `/contexts/${encodeURIComponent(key)}${tail}`;
+}
+
+/** Work on this document from now on ("" for none). Resolves once its view is loaded. */
+function setCtxKey(key, { force = false } = {}) {
+  key = (key || "").trim().slice(0, 200);
+  const cur = state.ctx;
+  if (cur && cur.key === key && !force) return cur.loading;
+  closeCtx();
+  localStorage.setItem(CTX_KEY, key);
+  if (!key) {
+    state.ctx = null;
+    renderCtx();
+    return Promise.resolve();
+  }
+  const c = { key, view: null, known: null, inbox: [], inboxFromStream: false, stream: null, live: "idle",
+    polling: false, poll: null, busy: null, error: null, events: [] };
+  state.ctx = c;
+  c.loading = loadCtx(c);
+  renderCtx();
+  return c.loading;
+}
+
+function closeCtx() {
+  const c = state.ctx;
+  if (!c) return;
+  c.closed = true;
+  if (c.stream) c.stream.close();
+  c.stream = null;
+  clearInterval(c.poll);
+}
+
+/** GET /contexts/{key}: the version and runs in flight (404: nobody used the key yet). */
+async function loadCtx(c) {
+  if (state.auth.signIn && !state.auth.signIn.soft) {
+    c.error = "Sign in to see this document.";
+    renderCtx();
+    return;
+  }
+  let view;
+  try {
+    view = await api("GET", ctxPath(c.key));
+  } catch (err) {
+    if (c.closed) return;
+    if (err.status === 404) {
+      c.known = false;
+      c.view = null;
+      c.error = null;
+    } else {
+      c.error = err.status === 401 ? "Sign in to see this document." : `Could not load it: ${err.message}`;
+    }
+    renderCtx();
+    return;
+  }
+  if (c.closed) return;
+  c.known = true;
+  c.view = view;
+  c.error = null;
+  // The stream's INBOX is the inbox; a poll (or the first GET, before it) shows the record's.
+  if (c.polling || !c.inboxFromStream) c.inbox = view.inbox || [];
+  if (!c.polling) openCtxStream(c);
+  renderCtx();
+}
+
+function openCtxStream(c) {
+  if (c.closed || c.polling) return;
+  if (c.stream) {
+    if (c.stream.state === "unknown") c.stream.resume(); // the key exists now
+    return;
+  }
+  c.stream = watchContext(c.key, {
+    onInbox: (p) => {
+      if (c.closed) return;
+      c.inbox = Array.isArray(p.entries) ? p.entries : [];
+      c.inboxFromStream = true;
+      renderCtx();
+    },
+    onEvent: (ev) => onCtxEvent(c, ev),
+    onState: (st, detail) => {
+      if (c.closed) return;
+      c.live = st;
+      c.liveDetail = detail;
+      if (st === "live" && detail.resynced) loadCtx(c); // after a drop: the version may have moved
+      if (st === "error") startCtxPolling(c, detail.message || detail.code);
+      renderCtxLive();
+    },
+  });
+}
+
+/** The stream cannot be had (an older server, a proxy): poll GET /contexts/{key} instead. */
+function startCtxPolling(c, why) {
+  if (c.polling) return;
+  c.polling = true;
+  c.pollWhy = why;
+  if (c.stream) c.stream.close();
+  c.stream = null;
+  c.live = "polling";
+  c.poll = setInterval(() => { if (!document.hidden) loadCtx(c); }, CTX_POLL_MS);
+  renderCtxLive();
+}
+
+function onCtxEvent(c, ev) {
+  if (c.closed) return;
+  const d = ev.data || {};
+  c.events.push({ ns: ev.ns, seq: ev.seq, run_id: d.run_id || null });
+  const view = c.view;
+  switch (ev.ns) {
+    case "VERSION":
+      if (view) {
+        view.version = d.version;
+        view.updated_at = ev.ts;
+      }
+      break;
+    case "RUN_STARTED":
+      if (view && !view.runs.some((r) => r.run_id === d.run_id)) view.runs.push({ run_id: d.run_id, version: d.version, status: "queued" });
+      break;
+    case "VERDICT":
+      if (view) view.runs = view.runs.filter((r) => r.run_id !== d.run_id);
+      if (d.unwatched && !c.inbox.some((e) => e.run_id === d.run_id)) {
+        c.inbox = [{ run_id: d.run_id, status: d.status, verdict: d.verdict, ended_at: ev.ts, held: d.held }, ...c.inbox];
+      }
+      refreshRuns();
+      break;
+    case "RESULT":
+      // A held result released (by this page or another): the open run shows it.
+      if (state.view && state.view.runId === d.run_id) state.view.showDelivered(d);
+      refreshRuns();
+      break;
+    default:
+      break;
+  }
+  renderCtx();
+}
+
+const CTX_LIVE_LABEL = {
+  idle: "", connecting: "connecting…", live: "live", reconnecting: "reconnecting…", unknown: "new",
+  unauthorized: "sign in", error: "offline", polling: "polling",
+};
+
+function renderCtxLive() {
+  const el = $("#ctx-live");
+  const c = state.ctx;
+  const st = c ? c.live : "idle";
+  el.dataset.state = st;
+  el.textContent = CTX_LIVE_LABEL[st] ?? st;
+  el.title = !c ? "" : st === "live" ? "Watching this document's events (GET /contexts/{key}/events)"
+    : st === "polling" ? `Polling GET /contexts/{key} every ${CTX_POLL_MS / 1000} s: ${c.pollWhy || "no stream"}`
+      : st === "unknown" ? "Nobody used this key yet: the first run (or edit) creates it" : el.textContent;
+}
+
+function verdictMini(verdict, testid) {
+  const st = verdict && verdict.state ? verdict.state : "none";
+  return h("span", { class: "gate-mini", "data-state": st, "data-testid": testid, title: verdict && verdict.reason },
+    verdict ? st : "no verdict");
+}
+
+function renderCtx() {
+  const panel = $("#ctx-panel");
+  const c = state.ctx;
+  const formVer = $("#ctx-key-version");
+  renderCtxLive();
+  if (!c) {
+    panel.hidden = true;
+    formVer.textContent = "";
+    formVer.dataset.state = "none";
+    return;
+  }
+  panel.hidden = false;
+  const view = c.view;
+  const version = view ? view.version : null;
+  formVer.dataset.state = c.known === false ? "new" : view ? "known" : "loading";
+  formVer.textContent = view ? `@ ${version ?? "—"}` : c.known === false ? "new · rev-1" : "";
+  formVer.title = view ? `the run will answer ${c.key} at ${version}` : c.known === false
+    ? `${c.key} does not exist yet: the run creates it at rev-1` : "";
+
+  const can = mayStartRuns(state.auth.who);
+  const inflight = view ? view.runs.length : 0;
+  const next = nextVersion(version);
+  const edit = h("button", { type: "button", class: "btn btn-ghost ctx-edit", "data-testid": "ctx-edit",
+    disabled: !can || c.busy === "edit" || (!view && c.known !== false),
+    title: can ? `PUT ${ctxPath(c.key)} {version: "${next}"}: a run in flight on it ends stale` : "Viewers cannot edit documents" },
+  svg(ICONS.edit), "Edit the document");
+  edit.addEventListener("click", () => editCtx(c));
+
+  const doc = h("div", { class: "ctx-doc" },
+    h("span", { class: "ctx-doc-icon" }, svg(ICONS.doc)),
+    h("div", { class: "ctx-doc-main" },
+      h("code", { class: "ctx-doc-key", "data-testid": "ctx-key-shown", title: c.key }, c.key),
+      h("span", { class: "ctx-doc-meta" },
+        view ? h("span", { class: "ctx-version", "data-testid": "ctx-version" }, version ?? "—")
+          : h("span", { class: "ctx-version ctx-version-new", "data-testid": "ctx-version" }, c.known === false ? "not created yet" : "…"),
+        view && view.updated_at ? h("span", {}, ` · edited ${fmtAgo(view.updated_at)}`) : null)));
+  const meta = h("p", { class: "ctx-inflight", "data-testid": "ctx-inflight", "data-count": String(inflight) },
+    inflight === 0 ? "No run in flight on it." : `${inflight} run${inflight === 1 ? "" : "s"} in flight on it: editing it now makes ${inflight === 1 ? "its" : "their"} result stale.`);
+
+  const parts = [doc, meta, h("div", { class: "ctx-actions" }, edit,
+    h("span", { class: "ctx-next" }, version ? `→ ${next}` : ""))];
+  if (c.error) parts.push(h("p", { class: "form-error", "data-testid": "ctx-error" }, c.error));
+
+  const inbox = c.inbox || [];
+  if (inbox.length) {
+    const n = inbox.length;
+    const dismiss = h("button", { type: "button", class: "btn-link", "data-testid": "ctx-dismiss",
+      disabled: !can || c.busy === "ack", title: can ? `POST ${ctxPath(c.key, "/inbox/ack")}` : "Viewers cannot dismiss" }, "Dismiss");
+    dismiss.addEventListener("click", () => dismissInbox(c));
+    parts.push(h("div", { class: "ctx-inbox", "data-testid": "ctx-inbox", "data-count": String(n) },
+      h("div", { class: "ctx-inbox-head" }, svg(ICONS.inbox),
+        h("span", { "data-testid": "ctx-inbox-title" }, `${n} result${n === 1 ? "" : "s"} finished while you were away`),
+        dismiss),
+      h("ul", { class: "ctx-inbox-list" }, ...inbox.map((e) => h("li", {},
+        h("a", { class: "ctx-entry", href: `#run=${e.run_id}`, "data-testid": "ctx-inbox-entry", "data-run-id": e.run_id,
+          "data-verdict": e.verdict ? e.verdict.state : "none", "data-status": e.status },
+        verdictMini(e.verdict, "ctx-entry-verdict"),
+        h("span", { class: "ctx-entry-main" },
+          h("span", { class: "ctx-entry-id" }, String(e.run_id).slice(0, 12)),
+          h("span", { class: "ctx-entry-meta" }, e.status, e.held ? " · held" : "",
+            e.verdict && e.verdict.version ? ` · on ${e.verdict.version}` : "",
+            Number.isFinite(e.ended_at) ? ` · ${fmtAgo(e.ended_at)}` : ""))))))));
+  } else if (view) {
+    parts.push(h("p", { class: "ctx-inbox-empty", "data-testid": "ctx-inbox-empty" }, "Nothing finished while you were away."));
+  }
+  $("#ctx-body").replaceChildren(...parts);
+}
+
+async function editCtx(c) {
+  if (c.busy) return;
+  c.busy = "edit";
+  renderCtx();
+  try {
+    const view = await api("PUT", ctxPath(c.key), { version: nextVersion(c.view && c.view.version) });
+    if (c.closed) return;
+    c.view = view;
+    c.known = true;
+    c.error = null;
+    openCtxStream(c);
+  } catch (err) {
+    toast(`Could not edit the document: ${err.message}`);
+  } finally {
+    c.busy = null;
+    if (!c.closed) renderCtx();
+  }
+}
+
+async function dismissInbox(c) {
+  if (c.busy) return;
+  c.busy = "ack";
+  renderCtx();
+  try {
+    // The entries shown, not whatever else came meanwhile.
+    const view = await api("POST", ctxPath(c.key, "/inbox/ack"), { run_ids: c.inbox.map((e) => e.run_id) });
+    if (c.closed) return;
+    c.view = view;
+    c.inbox = view.inbox || [];
+  } catch (err) {
+    toast(`Could not dismiss: ${err.message}`);
+  } finally {
+    c.busy = null;
+    if (!c.closed) renderCtx();
+  }
+}
+
+function initCtxForm() {
+  const input = $("#ctx-key");
+  const stored = localStorage.getItem(CTX_KEY);
+  input.value = stored === null ? CTX_DEFAULT : stored;
+  const onStale = $("#ctx-onstale");
+  if (localStorage.getItem(CTX_ONSTALE) === "hold") onStale.value = "hold";
+  onStale.addEventListener("change", () => localStorage.setItem(CTX_ONSTALE, onStale.value));
+  let timer = null;
+  input.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => setCtxKey(input.value), 350);
+  });
+  input.addEventListener("change", () => {
+    clearTimeout(timer);
+    setCtxKey(input.value);
+  });
+  // Fields in #run-form submit with Enter; the key field too (a run on that document).
+}
+
+// ---------------------------------------------------------------- sign-in
+
+// sessionStorage, never localStorage: the credential lives as long as this tab, and never in
+// a URL (history, logs, Referer).
+const CRED_KEY = "ts.credential";
+
+const REASONS = {
+  token_expired: "Your token expired.",
+  invalid_token: "The server did not accept that credential.",
+  revoked: "Your access was revoked.",
+  unauthenticated: "This server needs to know who you are.",
+};
+
+function fmtExpiry(ts) {
+  const left = ts - Date.now() / 1000;
+  const at = new Date(ts * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  if (left <= 0) return `expired at ${at}`;
+  if (left < 120) return `in ${Math.ceil(left)} s (${at})`;
+  if (left < 7200) return `in ${Math.round(left / 60)} min (${at})`;
+  return `${new Date(ts * 1000).toLocaleString()}`;
+}
+
+function mayStartRuns(who) {
+  return !who || !Array.isArray(who.roles) || who.roles.includes("member") || who.roles.includes("admin");
+}
+
+function renderAccount() {
+  const el = $("#account");
+  const who = state.auth.who;
+  clearInterval(renderAccount.tick);
+  if (!who) {
+    el.hidden = true;
+    el.dataset.state = "signed-out";
+    el.replaceChildren();
+    renderRole();
+    return;
+  }
+  el.hidden = false;
+  if (who.via === "none") {
+    // Nothing to sign in to: one quiet line, out of the way.
+    el.dataset.state = "none";
+    el.replaceChildren(h("span", { class: "account-local", "data-testid": "account-local" },
+      svg('<circle cx="10" cy="10" r="6.5"/><path d="M7.5 10.2l1.8 1.8 3.4-3.6"/>'),
+      "local, no sign-in needed"));
+    renderRole();
+    return;
+  }
+  el.dataset.state = "signed-in";
+  const row = (k, v, testid) => [h("dt", {}, k), h("dd", { "data-testid": testid }, v)];
+  const expires = who.expires_at ? h("span", { class: "account-exp" }, fmtExpiry(who.expires_at)) : "never (API key)";
+  el.replaceChildren(
+    h("div", { class: "panel-head" },
+      h("h2", {}, "Signed in"),
+      h("button", { type: "button", class: "btn btn-ghost", id: "signout", "data-testid": "signout", onclick: signOut }, "Sign out")),
+    h("dl", { class: "who" },
+      row("tenant", who.tenant, "who-tenant"),
+      row("subject", who.sub, "who-sub"),
+      row("roles", (who.roles || []).join(", ") || "—", "who-roles"),
+      row("via", who.via === "api_key" ? "API key" : who.via === "jwt" ? "JWT" : String(who.via), "who-via"),
+      row("expires", expires, "who-expires")),
+    h("button", { type: "button", class: "btn-link", id: "switch-cred",
+      onclick: () => showSignIn({ soft: true }) }, "Use another token"));
+  if (who.expires_at) {
+    const exp = $(".account-exp", el);
+    renderAccount.tick = setInterval(() => {
+      exp.textContent = fmtExpiry(who.expires_at);
+      el.classList.toggle("expiring", who.expires_at - Date.now() / 1000 < 60);
+    }, 1000);
+  }
+  renderRole();
+}
+
+function renderRole() {
+  // A viewer watches; the server would refuse its POST /runs (403), so say so up front.
+  const who = state.auth.who;
+  const can = mayStartRuns(who);
+  $("#start-btn").disabled = !can;
+  const note = $("#role-note");
+  note.hidden = can;
+  if (!can) note.textContent = `Signed in as ${who.sub} (${who.roles.join(", ") || "no roles"}): you can watch this tenant's runs, not start them.`;
+  if (state.ctx) renderCtx();
+  renderTabs();
+}
+
+function showSignIn({ code = null, message = null, soft = false } = {}) {
+  // The box lives in the Runs view: a sign-in that is needed now brings it into view; a
+  // token about to expire only says so (the overview keeps polling until it does).
+  if (state.tab === "ops") {
+    if (soft) toast(message || "Sign in again under Runs to keep going.");
+    else selectTab("runs");
+  }
+  state.auth.signIn = { code, message, soft };
+  const box = $("#signin");
+  box.hidden = false;
+  box.dataset.code = code || "";
+  const reason = $("#signin-reason");
+  // No credential at all is the normal first visit, not an error worth a red line.
+  const fresh = code === "unauthenticated" && !getCredential() && !state.auth.refused;
+  if (fresh) {
+    reason.hidden = true;
+  } else if (code) {
+    reason.hidden = false;
+    reason.replaceChildren(h("strong", {}, REASONS[code] || "Signed out."), " ", message || "");
+  } else if (message) {
+    reason.hidden = false;
+    reason.replaceChildren(message);
+  } else {
+    reason.hidden = true;
+  }
+  reason.dataset.kind = soft ? "info" : "error";
+  $("#signin-cancel").hidden = !soft || !state.auth.who;
+  $("#signin-error").hidden = true;
+  if (!soft) {
+    $("#runs-list").replaceChildren();
+    state.runsKey = "";
+    $("#runs-empty").hidden = false;
+    $("#runs-empty").textContent = "Sign in to see your runs.";
+  }
+  if (!box.contains(document.activeElement) && !state.view) $("#signin-cred").focus({ preventScroll: true });
+}
+
+function hideSignIn() {
+  state.auth.signIn = null;
+  $("#signin").hidden = true;
+  $("#signin-cred").value = "";
+  renderCredKind();
+}
+
+function renderCredKind() {
+  const cred = parseCredential($("#signin-cred").value);
+  $("#signin-kind").textContent = !cred ? "A JWT (three dot-separated parts) or an API key."
+    : cred.kind === "jwt" ? "Looks like a JWT: sent as Authorization: Bearer …"
+      : "Looks like an API key: sent as X-Api-Key.";
+}
+
+async function whoami(cred) {
+  const res = await authFetch("/whoami", { cache: "no-store" }, { credential: cred, report: false });
+  let body = null;
+  try { body = await res.json(); } catch (_) { /* empty */ }
+  return { status: res.status, body };
+}
+
+async function submitSignIn(e) {
+  e.preventDefault();
+  const err = $("#signin-error");
+  const cred = parseCredential($("#signin-cred").value);
+  if (!cred) {
+    err.hidden = false;
+    err.textContent = "Paste a token or an API key first.";
+    return;
+  }
+  const btn = $("#signin-btn");
+  btn.disabled = true;
+  btn.classList.add("busy");
+  try {
+    // Tried before it is used: a typo must not sign out a session that works.
+    const { status, body } = await whoami(cred);
+    if (status !== 200 || !body || typeof body.tenant !== "string") {
+      err.hidden = false;
+      err.textContent = (body && body.error && body.error.message) || `The server answered ${status}.`;
+      return;
+    }
+    const before = state.auth.who;
+    sessionStorage.setItem(CRED_KEY, cred.value);
+    state.auth.refused = false;
+    if (before && before.via !== "none" && before.tenant !== body.tenant && state.view) {
+      // The open run belongs to the other tenant: this credential would get 404 for it.
+      goHome();
+    }
+    setCredential(cred);
+    applyWho(body);
+    hideSignIn();
+    setCtxKey(ctxKeyOfForm(), { force: true }); // this credential's tenant's document
+    if (!state.agentsLoaded) loadAgents();
+    state.runsKey = "";
+    refreshRuns();
+  } catch (ex) {
+    err.hidden = false;
+    err.textContent = `Could not reach the server: ${ex.message || ex}`;
+  } finally {
+    btn.disabled = false;
+    btn.classList.remove("busy");
+  }
+}
+
+function applyWho(who) {
+  state.auth.who = who;
+  renderAccount();
+  scheduleExpiryCheck();
+}
+
+// At the token's exp, ask the server (its clock decides, not ours): a 401 opens the sign-in
+// box through onAuthProblem; still accepted (our clock runs ahead) means asking again shortly.
+function scheduleExpiryCheck(retryMs = null) {
+  clearTimeout(scheduleExpiryCheck.timer);
+  const who = state.auth.who;
+  if (!who || !who.expires_at) return;
+  const ms = retryMs ?? Math.max(1000, Math.min((who.expires_at - Date.now() / 1000) * 1000 + 250, 2 ** 31 - 1));
+  scheduleExpiryCheck.timer = setTimeout(async () => {
+    if (!getCredential() || state.auth.who !== who) return;
+    try {
+      const res = await authFetch("/whoami", { cache: "no-store" });
+      if (res.status === 401) return;
+    } catch (_) { /* offline: try again */ }
+    if (state.auth.who === who) scheduleExpiryCheck(5000);
+  }, ms);
+}
+
+function signOut() {
+  // Nothing of this session stays on screen or on the wire.
+  sessionStorage.removeItem(CRED_KEY);
+  goHome();
+  state.auth.who = null;
+  state.auth.refused = false;
+  clearTimeout(scheduleExpiryCheck.timer);
+  state.auth.signingOut = true;
+  setCredential(null);
+  state.auth.signingOut = false;
+  closeCtx();
+  state.ctx = null;
+  renderCtx();
+  renderAccount();
+  showSignIn({});
+}
+
+function onAuth(p) {
+  state.auth.problems.push({ code: p.code, transport: p.transport, at: Date.now() });
+  if (p.code === "auth_expiring") {
+    if (state.auth.signIn) return;
+    const s = Number.isFinite(p.in_s) ? Math.max(0, Math.round(p.in_s)) : null;
+    showSignIn({ soft: true, message: `Your token expires ${s === null ? "soon" : `in ${s} s`}. Paste a new one to keep watching without a break.` });
+    return;
+  }
+  if (state.auth.signingOut) return;
+  // A retry that had no credential left says only "unauthenticated": keep the real reason.
+  const open = state.auth.signIn;
+  if (p.code === "unauthenticated" && !p.credential && open && open.code && !open.soft) return;
+  // The credential was refused, expired or revoked: the client has dropped it already.
+  if (p.credential) {
+    state.auth.refused = true;
+    sessionStorage.removeItem(CRED_KEY);
+  }
+  if (state.auth.who && state.auth.who.via !== "none") {
+    state.auth.who = null;
+    clearTimeout(scheduleExpiryCheck.timer);
+    renderAccount();
+  }
+  showSignIn({ code: p.code, message: p.message });
+}
+
+/** Where the viewer starts: who are we? Resolves once the answer (or its absence) is shown. */
+async function initAuth() {
+  onAuthProblem(onAuth);
+  const stored = sessionStorage.getItem(CRED_KEY);
+  if (stored) setCredential(stored);
+  $("#signin-form").addEventListener("submit", submitSignIn);
+  $("#signin-cred").addEventListener("input", renderCredKind);
+  $("#signin-cred").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("#signin-form").requestSubmit(); }
+  });
+  $("#signin-cancel").addEventListener("click", hideSignIn);
+  renderCredKind();
+  try {
+    const res = await authFetch("/whoami", { cache: "no-store" });
+    if (res.ok) applyWho(await res.json());
+    // 401: onAuth has opened the sign-in box. 404: a server without authentication.
+  } catch (_) { /* unreachable: the rest of the page says so */ }
+}
+
+// ---------------------------------------------------------------- operations (admins)
+
+// The operator's view: GET /admin/overview every OPS_POLL_MS while the tab is open and the
+// page visible (never in the background), the last OPS_SAMPLES answers kept here for the
+// sparklines. Absent figures (events/s and delivery lag need the metrics) show "—".
+const OPS_POLL_MS = 2000;
+const OPS_SAMPLES = 60;
+const OPS_WINDOW_S = (OPS_SAMPLES * OPS_POLL_MS) / 1000; // what a sparkline spans
+const OPS_GAP_S = (3 * OPS_POLL_MS) / 1000; // samples further apart: the line breaks
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+const ops = {
+  samples: [], // [{t, data}], oldest first; t is the server's ts
+  timer: null,
+  gen: 0, // each poll chain's generation: starting one retires the one before
+  error: null, // the last poll's failure; null after a success
+  built: false,
+  el: {},
+};
+state.ops = ops;
+state.tab = "runs";
+
+function isAdmin(who) {
+  return !!who && Array.isArray(who.roles) && who.roles.includes("admin");
+}
+
+function fmtRate(v) {
+  if (!Number.isFinite(v)) return "—";
+  return v < 10 ? v.toFixed(1) : fmtNum(Math.round(v));
+}
+
+function fmtLag(s) {
+  if (!Number.isFinite(s)) return "—";
+  if (s < 1) return `${Math.max(0, Math.round(s * 1000))} ms`;
+  return s < 10 ? `${s.toFixed(2)} s` : fmtDuration(s);
+}
+
+const fmtCount = (v) => (Number.isFinite(v) ? fmtNum(v) : "—");
+
+/** The tabs show for admins only (with auth "none" everyone is one). */
+function renderTabs() {
+  const admin = isAdmin(state.auth.who);
+  $("#tabbar").hidden = !admin;
+  const runs = $("#view-runs");
+  if (admin) {
+    runs.setAttribute("role", "tabpanel");
+    runs.setAttribute("aria-labelledby", "tab-runs");
+  } else {
+    runs.removeAttribute("role");
+    runs.removeAttribute("aria-labelledby");
+  }
+  if (!admin && state.wantOps && state.auth.who) {
+    // #view=ops asked for a tab this caller does not get: the answer is no, and the link says so.
+    state.wantOps = false;
+    writeHash(state.runId);
+  }
+  if (!admin && state.tab === "ops") selectTab("runs");
+  else if (admin && state.wantOps) {
+    state.wantOps = false;
+    selectTab("ops");
+  }
+}
+
+function selectTab(tab, { focus = false } = {}) {
+  if (tab === "ops" && !isAdmin(state.auth.who)) tab = "runs";
+  const changed = tab !== state.tab;
+  state.tab = tab;
+  for (const b of document.querySelectorAll("#tablist [role='tab']")) {
+    const on = b.dataset.tab === tab;
+    b.setAttribute("aria-selected", String(on));
+    b.tabIndex = on ? 0 : -1;
+    if (on && focus) b.focus();
+  }
+  $("#view-runs").hidden = tab !== "runs";
+  $("#view-ops").hidden = tab !== "ops";
+  if (tab === "ops") {
+    if (location.hash !== "#view=ops") history.replaceState(null, "", "#view=ops");
+    buildOps();
+    if (changed || !ops.timer) startOps();
+  } else {
+    stopOps();
+    if (changed) {
+      writeHash(state.runId);
+      refreshRuns();
+    }
+  }
+}
+
+function onTabKey(e) {
+  const tabs = Array.from(document.querySelectorAll("#tablist [role='tab']"));
+  const i = tabs.indexOf(document.activeElement);
+  if (i < 0) return;
+  let j = null;
+  if (e.key === "ArrowRight") j = (i + 1) % tabs.length;
+  else if (e.key === "ArrowLeft") j = (i - 1 + tabs.length) % tabs.length;
+  else if (e.key === "Home") j = 0;
+  else if (e.key === "End") j = tabs.length - 1;
+  if (j === null) return;
+  e.preventDefault();
+  selectTab(tabs[j].dataset.tab, { focus: true });
+}
+
+function opsActive() {
+  return state.tab === "ops" && !document.hidden && isAdmin(state.auth.who);
+}
+
+function startOps() {
+  stopOps();
+  if (!opsActive()) {
+    renderOpsState();
+    return;
+  }
+  pollOps(ops.gen);
+}
+
+function stopOps() {
+  ops.gen += 1;
+  clearTimeout(ops.timer);
+  ops.timer = null;
+}
+
+async function pollOps(gen) {
+  if (gen !== ops.gen || !opsActive()) return;
+  let again = true;
+  try {
+    const data = await api("GET", "/admin/overview");
+    if (gen !== ops.gen) return; // a newer chain (or none) owns the view now
+    ops.error = null;
+    const t = Number.isFinite(data.ts) ? data.ts : Date.now() / 1000;
+    ops.samples.push({ t, data });
+    if (ops.samples.length > OPS_SAMPLES) ops.samples.splice(0, ops.samples.length - OPS_SAMPLES);
+    renderOps();
+  } catch (err) {
+    if (gen !== ops.gen) return;
+    ops.error = err;
+    // 403: this credential is no admin's (any more); asking again changes nothing.
+    again = err.status !== 403;
+  }
+  renderOpsState();
+  if (again && gen === ops.gen && opsActive()) ops.timer = setTimeout(() => pollOps(gen), OPS_POLL_MS);
+}
+
+function onVisibility() {
+  if (state.tab !== "ops") return;
+  if (document.hidden) {
+    stopOps();
+    renderOpsState();
+  } else {
+    startOps();
+  }
+}
+
+// -------------------------------------------------- building the view
+
+function buildOps() {
+  if (ops.built) return;
+  ops.built = true;
+  const el = ops.el;
+  el.backend = h("span", { class: "chip ops-backend", "data-testid": "ops-backend" }, "backend …");
+  el.state = h("span", { class: "ops-state", role: "status", "data-testid": "ops-state" }, "Loading…");
+  el.asof = h("span", { class: "ops-asof", "data-testid": "ops-asof" });
+  el.error = h("p", { class: "notice notice-error", role: "alert", hidden: true, "data-testid": "ops-error" });
+  el.cards = h("dl", { class: "ops-cards", "data-testid": "ops-totals" });
+  el.tenants = h("tbody", { role: "rowgroup" });
+  el.tenantsEmpty = h("p", { class: "ops-empty", hidden: true }, "No tenant has queued or running runs.");
+  el.tenantCount = h("span", { class: "ops-count" });
+  el.agents = h("tbody", { role: "rowgroup" });
+  el.agentCount = h("span", { class: "ops-count" });
+
+  const th = (label, cls) => h("th", { scope: "col", role: "columnheader", class: cls }, label);
+  const head = (...cols) => h("thead", { role: "rowgroup" }, h("tr", { role: "row" }, ...cols));
+  const tenantTable = h("table", { class: "ops-table ops-tenants", role: "table", "aria-labelledby": "ops-tenants-h",
+    "data-testid": "ops-tenants" },
+  head(th("Tenant"), th("Queued", "num"), th("Oldest wait", "num"), th("Running / cap", "num"),
+    th("Weight", "num"), th("By agent")),
+  el.tenants);
+  const agentTable = h("table", { class: "ops-table ops-agents", role: "table", "aria-labelledby": "ops-agents-h",
+    "data-testid": "ops-agents" },
+  head(th("Agent"), th("Workers", "num"), th("Queued", "num"), th("Running", "num"), th("Coverage")),
+  el.agents);
+
+  $("#view-ops").replaceChildren(h("div", { class: "ops-inner" },
+    h("header", { class: "ops-head" },
+      h("div", { class: "ops-title" },
+        h("h1", {}, "Operations"),
+        h("p", { class: "ops-lede" },
+          `Queues, running runs and workers across every tenant, refreshed every ${OPS_POLL_MS / 1000} s while this tab is open.`)),
+      h("div", { class: "ops-meta" }, el.backend, el.state, el.asof)),
+    el.error,
+    h("section", { class: "ops-section", "aria-labelledby": "ops-totals-h" },
+      h("h2", { class: "ops-h2", id: "ops-totals-h" }, "Totals"),
+      el.cards),
+    h("section", { class: "panel ops-section", "aria-labelledby": "ops-tenants-h" },
+      h("div", { class: "panel-head" }, h("h2", { id: "ops-tenants-h" }, "Tenants"), el.tenantCount),
+      tenantTable, el.tenantsEmpty),
+    h("section", { class: "panel ops-section", "aria-labelledby": "ops-agents-h" },
+      h("div", { class: "panel-head" }, h("h2", { id: "ops-agents-h" }, "Workers per agent"), el.agentCount),
+      agentTable)));
+  renderOpsState();
+}
+
+/** The live/paused/error line (a polite status: it changes rarely, not on every tick). */
+function renderOpsState() {
+  if (!ops.built) return;
+  const el = ops.el;
+  let phase;
+  let text;
+  if (ops.error && ops.error.status === 403) {
+    phase = "error";
+    text = "Not allowed: the admin role is needed";
+  } else if (ops.error) {
+    phase = "error";
+    text = ops.samples.length ? "Cannot refresh — showing the last answer" : "Cannot load the overview";
+  } else if (state.tab === "ops" && document.hidden) {
+    phase = "paused";
+    text = "Paused in the background";
+  } else if (!ops.samples.length) {
+    phase = "loading";
+    text = "Loading…";
+  } else {
+    phase = "live";
+    text = `Live · every ${OPS_POLL_MS / 1000} s`;
+  }
+  el.state.dataset.phase = phase;
+  if (el.state.textContent !== text) el.state.textContent = text;
+  el.error.hidden = !ops.error;
+  if (ops.error) {
+    const msg = `GET /admin/overview: ${ops.error.message || ops.error}`;
+    if (el.error.textContent !== msg) el.error.textContent = msg;
+  }
+}
+
+/** Figures over the kept samples: [{t, v}], v null where the figure had no value. */
+function seriesOf(fn) {
+  return ops.samples.map((s) => {
+    const v = fn(s.data);
+    return { t: s.t, v: Number.isFinite(v) ? v : null };
+  });
+}
+
+function sparkline(points, label, kind) {
+  const W = 96;
+  const H = 26;
+  const PAD = 3;
+  const s = document.createElementNS(SVG_NS, "svg");
+  s.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  s.setAttribute("class", `spark spark-${kind}`);
+  s.setAttribute("data-testid", "sparkline");
+  s.setAttribute("role", "img");
+  const add = (tag, attrs) => {
+    const e = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    s.append(e);
+    return e;
+  };
+  add("line", { class: "spark-base", x1: 0, x2: W, y1: H - PAD, y2: H - PAD });
+  const tEnd = points.length ? points[points.length - 1].t : 0;
+  const shown = points.filter((p) => p.t >= tEnd - OPS_WINDOW_S);
+  // The line spans the history there is (at least ten polls), up to the whole window.
+  const span = Math.min(OPS_WINDOW_S, Math.max(shown.length ? tEnd - shown[0].t : 0, (10 * OPS_POLL_MS) / 1000));
+  const vals = shown.filter((p) => p.v !== null).map((p) => p.v);
+  s.dataset.samples = String(vals.length);
+  if (!vals.length) {
+    s.setAttribute("aria-label", `${label}: no data yet`);
+    return s;
+  }
+  const lo = Math.min(...vals);
+  const hi = Math.max(...vals);
+  const fmt = kind === "age" ? fmtDuration : kind === "lag" ? fmtLag : kind === "rate" ? fmtRate : fmtCount;
+  s.setAttribute("aria-label", `${label} over the last ${Math.round(OPS_WINDOW_S / 60)} min: `
+    + `${fmt(lo)} to ${fmt(hi)}, now ${fmt(vals[vals.length - 1])}`);
+  // Counts scale from 0 to at least 1 (a flat 0 sits on the base line); seconds to their max.
+  const top = kind === "count" || kind === "running" ? Math.max(hi, 1) : hi > 0 ? hi : 1;
+  const x = (t) => (W - 2) - ((tEnd - t) / span) * (W - 4);
+  const y = (v) => H - PAD - (v / top) * (H - 2 * PAD);
+  const segments = [];
+  let cur = [];
+  let prev = null;
+  for (const p of shown) {
+    if (p.v === null || (prev && p.t - prev.t > OPS_GAP_S)) {
+      if (cur.length) segments.push(cur);
+      cur = [];
+    }
+    if (p.v !== null) cur.push([x(p.t), y(p.v)]);
+    prev = p;
+  }
+  if (cur.length) segments.push(cur);
+  for (const seg of segments) {
+    if (seg.length < 2) continue;
+    const line = seg.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" ");
+    add("path", { class: "spark-area",
+      d: `M${seg[0][0].toFixed(1)},${H - PAD} L${line.replaceAll(" ", " L")} L${seg[seg.length - 1][0].toFixed(1)},${H - PAD} Z` });
+    add("polyline", { class: "spark-line", points: line });
+  }
+  const last = segments[segments.length - 1];
+  const [lx, ly] = last[last.length - 1];
+  add("circle", { class: "spark-dot", cx: lx.toFixed(1), cy: ly.toFixed(1), r: 2.2 });
+  return s;
+}
+
+/** A number (data-value: the raw figure, for tests and copy-paste) with its sparkline. */
+function figure(value, text, points, label, kind, attrs = {}) {
+  return h("span", { class: "ops-fig" },
+    h("span", { class: "ops-num", "data-value": value === null || value === undefined ? "" : String(value), ...attrs }, text),
+    sparkline(points, label, kind));
+}
+
+const cell = (label, cls, ...kids) => h("td", { role: "cell", "data-label": label, class: cls }, ...kids);
+const muted = (text) => h("span", { class: "ops-muted" }, text);
+const asCount = (x) => (Number.isFinite(Number(x)) ? Number(x) : 0);
+const WARN_ICON = '<path d="M10 3.5l7 12.5H3z"/><path d="M10 8.5v3.2M10 14h.01"/>';
+
+function renderOps() {
+  buildOps();
+  const latest = ops.samples[ops.samples.length - 1];
+  if (!latest) return;
+  const d = latest.data;
+  const el = ops.el;
+  const be = d.backend || {};
+  el.backend.dataset.up = String(be.up !== false);
+  el.backend.replaceChildren(h("span", { class: "ops-dot", "aria-hidden": "true" }),
+    `${be.name || "backend"} · ${be.up === false ? "down" : "up"}`);
+  el.backend.title = be.up === false ? "The event bus backend does not answer" : "The event bus backend answers";
+  const clock = new Date(latest.t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  el.asof.textContent = `as of ${clock}`;
+  renderOpsTotals(d);
+  renderOpsTenants(d);
+  renderOpsAgents(d);
+}
+
+const oldestWait = (d) => {
+  const ages = Object.values(d.tenants || {}).map((t) => t.oldest_age_s).filter(Number.isFinite);
+  return ages.length ? Math.max(...ages) : null;
+};
+const workerTotal = (d) => Object.values(d.workers || {}).reduce((n, w) => n + asCount(w), 0);
+
+const TOTALS = {
+  queued: (d) => d.queued_total,
+  running: (d) => d.running_total,
+  workers: workerTotal,
+  events_per_s: (d) => d.events_per_s,
+  delivery_lag_p99_s: (d) => d.delivery_lag_p99_s,
+};
+
+function renderOpsTotals(d) {
+  const uncovered = agentsOf(d).filter((a) => !covered(d.workers || {}, a));
+  const oldest = oldestWait(d);
+  const reported = (k) => Object.prototype.hasOwnProperty.call(d, k);
+  const card = (key, label, fmt, kind, sub, cls = null) => {
+    const v = TOTALS[key](d);
+    return h("div", { class: cls ? `ops-card ${cls}` : "ops-card", "data-card": key },
+      h("dt", {}, label),
+      h("dd", {},
+        figure(v ?? null, fmt(v), seriesOf(TOTALS[key]), label, kind, { "data-total": key }),
+        h("span", { class: "ops-sub" }, sub)));
+  };
+  const slots = Number.isFinite(d.slots) ? `of ${fmtNum(d.slots)} slot${d.slots === 1 ? "" : "s"}` : "across every worker";
+  const none = uncovered.length === 1 ? "1 agent has none" : `${uncovered.length} agents have none`;
+  ops.el.cards.replaceChildren(
+    card("queued", "Queued", fmtCount, "count", oldest === null ? "nothing waits" : `oldest ${fmtDuration(oldest)}`),
+    card("running", "Running", fmtCount, "count", slots),
+    card("workers", "Workers", fmtCount, "count", uncovered.length ? none : "every agent served",
+      uncovered.length ? "is-warn" : null),
+    card("events_per_s", "Events / s", fmtRate, "rate", reported("events_per_s") ? "published" : "not reported"),
+    card("delivery_lag_p99_s", "Delivery lag p99", fmtLag, "lag",
+      reported("delivery_lag_p99_s") ? "publish to client" : "not reported"));
+}
+
+/** The tenants of the last answer, and those that drained within the window (shown at 0). */
+function opsTenants(d) {
+  const rows = { ...(d.tenants || {}) };
+  for (const s of ops.samples) {
+    for (const [name, t] of Object.entries(s.data.tenants || {})) {
+      if (!rows[name] && (t.queued || t.running)) {
+        rows[name] = { queued: 0, running: 0, oldest_age_s: null, cap: t.cap, weight: t.weight, by_agent: {} };
+      }
+    }
+  }
+  const load = (t) => asCount(t.queued) + asCount(t.running);
+  return Object.entries(rows).sort(([a, ta], [b, tb]) => load(tb) - load(ta) || a.localeCompare(b));
+}
+
+function renderOpsTenants(d) {
+  const el = ops.el;
+  const rows = opsTenants(d);
+  const busy = rows.filter(([, t]) => t.queued || t.running).length;
+  el.tenantCount.textContent = `${busy} busy of ${rows.length}`;
+  el.tenantsEmpty.hidden = rows.length > 0;
+  el.tenants.replaceChildren(...rows.map(([name, t]) => {
+    const pick = (f) => seriesOf((x) => {
+      const r = (x.tenants || {})[name];
+      return r ? r[f] : (f === "oldest_age_s" ? null : 0);
+    });
+    const cap = Number.isFinite(t.cap) ? t.cap : null;
+    const atCap = cap !== null && t.running >= cap;
+    const capTitle = cap === null ? "no cap of its own: the workers' slots are the limit"
+      : atCap ? "at its cap: its other runs wait" : null;
+    const running = h("span", { class: "ops-fig" },
+      h("span", { class: "ops-num ops-running", title: capTitle },
+        h("span", { "data-field": "running", "data-value": String(t.running) }, fmtCount(t.running)),
+        h("span", { class: "ops-cap", "data-field": "cap", "data-value": cap === null ? "" : String(cap) },
+          cap === null ? " / no cap" : ` / ${fmtNum(cap)}`)),
+      sparkline(pick("running"), `${name} running`, "running"));
+    const agents = Object.entries(t.by_agent || {}).sort(([a], [b]) => a.localeCompare(b));
+    const byAgent = agents.length
+      ? h("ul", { class: "ops-agent-list" }, ...agents.map(([a, c]) => h("li", {},
+        h("code", {}, a), ` ${fmtNum(asCount(c.queued))} queued · ${fmtNum(asCount(c.running))} running`)))
+      : muted("—");
+    return h("tr", { role: "row", "data-testid": "ops-tenant", "data-tenant": name, class: atCap ? "at-cap" : null },
+      h("th", { scope: "row", role: "rowheader" }, h("span", { class: "ops-tenant" }, name)),
+      cell("Queued", "num", figure(t.queued, fmtCount(t.queued), pick("queued"), `${name} queued`, "count",
+        { "data-field": "queued" })),
+      cell("Oldest wait", "num", figure(t.oldest_age_s, fmtDuration(t.oldest_age_s ?? NaN), pick("oldest_age_s"),
+        `${name} oldest wait`, "age", { "data-field": "oldest" })),
+      cell("Running / cap", "num", running),
+      cell("Weight", "num", h("span", { class: "ops-num", "data-field": "weight" }, fmtCount(t.weight))),
+      cell("By agent", "ops-by-agent", byAgent));
+  }));
+}
+
+/** Workers per agent: an agent is served when a worker takes it, or a "*" worker takes all. */
+function renderOpsAgents(d) {
+  const workers = d.workers || {};
+  const any = asCount(workers["*"]);
+  const perAgent = (x, a, f) => Object.values(x.tenants || {})
+    .reduce((n, t) => n + asCount(((t.by_agent || {})[a] || {})[f]), 0);
+  const rows = [];
+  if ("*" in workers) {
+    rows.push(h("tr", { role: "row", "data-testid": "ops-agent", "data-agent": "*", "data-covered": "true" },
+      h("th", { scope: "row", role: "rowheader" }, h("code", {}, "*"), muted(" any agent")),
+      cell("Workers", "num", figure(any, fmtCount(any), seriesOf((x) => asCount((x.workers || {})["*"])),
+        "workers for any agent", "count", { "data-field": "workers" })),
+      cell("Queued", "num", muted("—")),
+      cell("Running", "num", muted("—")),
+      cell("Coverage", null, h("span", { class: "ops-badge", "data-ok": "true" }, "takes every agent"))));
+  }
+  const agents = agentsOf(d);
+  for (const a of agents) {
+    const own = asCount(workers[a]);
+    const ok = own > 0 || any > 0;
+    const able = (x) => asCount((x.workers || {})[a]) + asCount((x.workers || {})["*"]);
+    const q = perAgent(d, a, "queued");
+    const r = perAgent(d, a, "running");
+    const badge = ok
+      ? h("span", { class: "ops-badge", "data-ok": "true" },
+        own > 0 ? `${own} dedicated${any ? ` + ${any} any` : ""}` : `served by ${any} any-agent`)
+      : h("span", { class: "ops-badge", "data-ok": "false" }, svg(WARN_ICON),
+        q ? `no worker · ${fmtNum(q)} waiting` : "no worker");
+    rows.push(h("tr", { role: "row", "data-testid": "ops-agent", "data-agent": a, "data-covered": String(ok),
+      class: ok ? null : "uncovered" },
+    h("th", { scope: "row", role: "rowheader" }, h("code", {}, a)),
+    cell("Workers", "num", figure(own + any, fmtCount(own + any), seriesOf(able), `${a} workers`, "count",
+      { "data-field": "workers", title: "live workers that take this agent (its own and any-agent ones)" })),
+    cell("Queued", "num", figure(q, fmtCount(q), seriesOf((x) => perAgent(x, a, "queued")), `${a} queued`, "count",
+      { "data-field": "queued" })),
+    cell("Running", "num", figure(r, fmtCount(r), seriesOf((x) => perAgent(x, a, "running")), `${a} running`,
+      "running", { "data-field": "running" })),
+    cell("Coverage", null, badge)));
+  }
+  const uncovered = agents.filter((a) => !covered(workers, a)).length;
+  ops.el.agentCount.textContent = uncovered ? `${uncovered} without a worker` : `${agents.length} served`;
+  ops.el.agentCount.dataset.warn = String(uncovered > 0);
+  ops.el.agents.replaceChildren(...rows);
+}
+
+function covered(workers, agent) {
+  return asCount(workers[agent]) > 0 || asCount(workers["*"]) > 0;
+}
+
+/** Every agent the overview mentions: registered, given a worker, or with runs. */
+function agentsOf(d) {
+  const names = new Set(d.agents || []);
+  for (const k of Object.keys(d.workers || {})) if (k !== "*") names.add(k);
+  for (const t of Object.values(d.tenants || {})) for (const a of Object.keys(t.by_agent || {})) names.add(a);
+  return [...names].sort();
 }
 
 // ---------------------------------------------------------------- start
@@ -1123,16 +2406,30 @@ async function main() {
   $("#refresh-runs").addEventListener("click", () => { state.runsKey = ""; refreshRuns(); });
   $(".brand").addEventListener("click", (e) => {
     e.preventDefault();
-    closeRun();
-    writeHash(null);
-    $("#run-slot").replaceChildren();
-    $("#empty").hidden = false;
-    markActiveRun();
+    selectTab("runs");
+    goHome();
   });
   window.addEventListener("hashchange", () => {
-    const { run } = readHash();
+    const { run, view } = readHash();
+    if (view === "ops") {
+      if (isAdmin(state.auth.who)) selectTab("ops");
+      return;
+    }
+    if (state.tab === "ops") selectTab("runs");
     if (run && run !== state.runId) openRun(run);
   });
+  $("#tablist").addEventListener("click", (e) => {
+    const b = e.target.closest("[role='tab']");
+    if (b) selectTab(b.dataset.tab);
+  });
+  $("#tablist").addEventListener("keydown", onTabKey);
+  document.addEventListener("visibilitychange", onVisibility);
+  // #view=ops opens the Operations tab once we know the caller is an admin.
+  state.wantOps = fromHash.view === "ops";
+
+  await initAuth();
+  initCtxForm();
+  setCtxKey(ctxKeyOfForm());
 
   // Know whether Socket.IO can work before the first watch picks a transport.
   const probe = state.transport === "socketio" ? await probeSocketIO() : null;
@@ -1141,7 +2438,7 @@ async function main() {
 
   await loadAgents();
   refreshRuns();
-  setInterval(() => { if (!document.hidden) refreshRuns(); }, 3000);
+  setInterval(() => { if (!document.hidden && state.tab === "runs") refreshRuns(); }, 3000);
   if (fromHash.run) openRun(fromHash.run);
 }
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support import RedisServer  # noqa: E402
+from tests.support import RedisCluster, RedisServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +23,14 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """One local Redis Cluster (3 masters, 3 replicas) for the session; tests use their own
+    key prefix. A test that kills a node starts a cluster of its own."""
+    cluster = RedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

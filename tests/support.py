@@ -12,9 +12,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import httpx
+
+from server import redis_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,15 +159,15 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def wait_workers(redis: RedisServer, n: int, prefix: str = "ts", timeout: float = 30) -> None:
+def wait_workers(redis: RedisServer | RedisCluster, n: int, prefix: str = "ts", timeout: float = 30) -> None:
     """Until n workers have joined the queue's consumer group (they start slowly under load)."""
     import redis as redis_sync
 
-    client = redis_sync.Redis(port=redis.port)
+    client = redis.sync_client() if isinstance(redis, RedisCluster) else redis_sync.Redis(port=redis.port)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if len(client.xinfo_consumers(f"{prefix}:queue", "workers")) >= n:
+            if len(client.xinfo_consumers(redis_keys.queue(prefix), "workers")) >= n:
                 return
         except redis_sync.ResponseError:
             pass  # no group yet
@@ -176,17 +178,16 @@ def wait_workers(redis: RedisServer, n: int, prefix: str = "ts", timeout: float 
 
 @contextlib.contextmanager
 def redis_topology(apis: Sequence[str], workers: Sequence[str], env: dict[str, str] | None = None,
-                   *, durable: bool = True) -> Iterator[tuple[RedisServer, dict[str, ServerProcess]]]:
+                   *, durable: bool = True, cluster: bool = False) -> Iterator[tuple[Any, dict[str, ServerProcess]]]:
     """A redis-server (durable unless told otherwise: ``durable=False`` comes back empty
-    from a restart), API processes (``--workers 0``) and worker processes, all sharing one
-    checkpoint directory, as the processes of one machine do. Their logs are printed on the
-    way out (pytest shows them when the test failed)."""
-    redis = RedisServer(durable=durable).start()
-    shared = {
-        "THOUGHTSTREAM_DATA_DIR": tempfile.mkdtemp(prefix="ts-data-"),
-        "THOUGHTSTREAM_REDIS_URL": redis.url,
-        **(env or {}),
-    }
+    from a restart), API processes (``--workers 0``) and worker processes, each with a data
+    directory of its own, as processes on separate machines have: what a worker that takes
+    over a run needs (its checkpoints) must come from Redis. Their logs are printed on the
+    way out (pytest shows them when the test failed). ``cluster``: a local Redis Cluster of
+    its own (RedisCluster) instead of one redis-server."""
+    redis: Any = RedisCluster().start() if cluster else RedisServer(durable=durable).start()
+    # No THOUGHTSTREAM_DATA_DIR here: ServerProcess gives every process a fresh one.
+    shared = {"THOUGHTSTREAM_REDIS_URL": redis.url, **(env or {})}
     procs = {name: ServerProcess("--workers", "0", env=shared) for name in apis}
     procs.update({name: ServerProcess(command="worker", env=shared) for name in workers})
     try:
@@ -200,3 +201,140 @@ def redis_topology(apis: Sequence[str], workers: Sequence[str], env: dict[str, s
         for name, p in procs.items():
             print(f"--- {name} ---\n{p.output()[-3000:]}")
         redis.stop()
+
+
+class RedisCluster:
+    """A throwaway Redis Cluster: three masters and three replicas on free ports.
+
+    ``--cluster-node-timeout`` is short so that a killed master's replica takes over within
+    a couple of seconds. ``kill(port)`` SIGKILLs one node (a real crash, not CLUSTER
+    FAILOVER); ``stop()`` ends them all.
+    """
+
+    def __init__(self, *, node_timeout_ms: int = 1000) -> None:
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = [self._free_node_port() for _ in range(6)]
+        self.dir = tempfile.mkdtemp(prefix="ts-cluster-")
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @staticmethod
+    def _free_node_port() -> int:
+        """A free port whose cluster bus port (+10000) is free too (so below 55536)."""
+        import random
+
+        while True:
+            port = random.randrange(20000, 45000)
+            try:
+                for p in (port, port + 10000):
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", p))
+                return port
+            except OSError:
+                continue
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
+
+    def start(self) -> RedisCluster:
+        for port in self.ports:
+            self.start_node(port)
+        for port in self.ports:
+            wait_port(port)
+        subprocess.run(
+            [shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
+             *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        self.wait_ok()
+        return self
+
+    def start_node(self, port: int) -> None:
+        node_dir = os.path.join(self.dir, str(port))
+        os.makedirs(node_dir, exist_ok=True)
+        argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", os.path.join(node_dir, "nodes.conf"),
+                "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", node_dir,
+                "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+        self.procs[port] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def client(self, port: int) -> Any:
+        import redis as redis_sync
+
+        return redis_sync.Redis(port=port, socket_timeout=5)
+
+    def sync_client(self) -> Any:
+        """A cluster client (follows the slots) starting from the nodes alive now."""
+        from redis.cluster import ClusterNode
+        from redis.cluster import RedisCluster as SyncCluster
+
+        return SyncCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in self.live_ports()],
+                           socket_timeout=5)
+
+    def live_ports(self) -> list[int]:
+        return [p for p, proc in self.procs.items() if proc.poll() is None]
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says cluster_state:ok and agrees on who holds each slot."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                states = {self.client(p).cluster("info")["cluster_state"] for p in self.live_ports()}
+                masters = [len(self.masters_from(p)) for p in self.live_ports()]
+                if states == {"ok"} and len(set(masters)) == 1 and masters[0] == 3:
+                    return
+            except Exception:  # noqa: BLE001 - a node still starting or electing
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def masters_from(self, port: int) -> dict[int, list[str]]:
+        """port -> slot ranges of each live master, as one node sees it."""
+        out: dict[int, list[str]] = {}
+        for line in self.client(port).execute_command("CLUSTER", "NODES").decode().splitlines():
+            parts = line.split()
+            if "master" in parts[2] and "fail" not in parts[2] and parts[7] == "connected" and parts[8:]:
+                out[int(parts[1].split("@")[0].rsplit(":", 1)[1])] = parts[8:]
+        return out
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that holds ``key``'s slot now."""
+        port = self.live_ports()[0]
+        slot = int(self.client(port).execute_command("CLUSTER", "KEYSLOT", key))
+        for master, ranges in self.masters_from(port).items():
+            for r in ranges:
+                lo, _, hi = r.partition("-")
+                if int(lo) <= slot <= int(hi or lo):
+                    return master
+        raise LookupError(f"no master holds slot {slot}")
+
+    def node_id(self, port: int) -> str:
+        return self.client(port).execute_command("CLUSTER", "MYID").decode()
+
+    def move_slot(self, slot: int, source: int, target: int) -> None:
+        """Migrate one slot, keys and all, from master ``source`` to master ``target`` (what
+        ``redis-cli --cluster reshard`` does, for one chosen slot)."""
+        src, dst = self.client(source), self.client(target)
+        src_id, dst_id = self.node_id(source), self.node_id(target)
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        for port in (target, source, *(p for p in self.masters_from(target) if p not in (source, target))):
+            self.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.get(port)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+    def flush(self) -> None:
+        for port in self.live_ports():
+            with contextlib.suppress(Exception):
+                self.client(port).flushall()
+
+    def stop(self) -> None:
+        for port in list(self.procs):
+            self.kill(port)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -15,11 +15,11 @@ from types import ModuleType
 from typing import Any
 
 from ..procs import Target, start_target
-from . import api_latency, catchup, fanout, idle, redis, runs, soak
+from . import api_latency, catchup, cores, fanout, idle, redis, runs, sdk_chaos, soak, watchers
 
 SCENARIOS: dict[str, ModuleType] = {
     "fanout": fanout, "runs": runs, "idle": idle, "api-latency": api_latency,
-    "catchup": catchup, "redis": redis, "soak": soak,
+    "catchup": catchup, "redis": redis, "soak": soak, "sdk-chaos": sdk_chaos, "cores": cores, "watchers": watchers,
 }
 
 

@@ -30,6 +30,10 @@ def run(ctx) -> Result:
         procs=ctx.loadgen_procs, tmp=ctx.tmp, label=f"{label} #{rep + 1}"))
     res.record(runs, HEADLINE, {"redis / single": ratios(runs, "redis", "single", HEADLINE)})
     res.ratios["redis - single p99_ms"] = round(res.measured["redis"]["p99_ms"] - res.measured["single"]["p99_ms"], 2)
+    worker = [r.get("worker_cpu_ms_per_1k_events") for r in runs.get("redis", []) if r]
+    worker = sorted(w for w in worker if w is not None)
+    if worker:
+        res.measured["redis"]["worker_cpu_ms_per_1k_events"] = worker[len(worker) // 2]
     for label, s in res.measured.items():
         res.checks[f"{label} keeps pace (>= 90% of demand)"] = bool(
             s["delivered_eps"] and s["delivered_eps"] >= 0.9 * s["demanded_eps"])

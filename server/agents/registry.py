@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import importlib.util
@@ -106,7 +107,13 @@ class AgentSpec:
         return declared if isinstance(declared, type) and issubclass(declared, BaseModel) else None
 
     def input_json_schema(self) -> dict[str, Any]:
-        """The JSON schema clients see in ``GET /agents``."""
+        """The JSON schema clients see in ``GET /agents`` (a copy: callers may change it)."""
+        return copy.deepcopy(self._input_schema)
+
+    @functools.cached_property
+    def _input_schema(self) -> dict[str, Any]:
+        # Built once per agent: LangGraph builds a pydantic TypeAdapter for it on every call,
+        # which was the largest single cost of a POST /runs (a fifth of a run's start).
         if self._model is not None:
             return self._model.model_json_schema()
         try:
@@ -127,7 +134,7 @@ class AgentSpec:
             raise InvalidInput("input", "must be a JSON object")
         # Graphs with TypedDict state: a shallow check (object, required keys, unknown keys,
         # top-level types). Deeper coercion, e.g. of chat messages, is the graph's own job.
-        schema = self.input_json_schema()
+        schema = self._input_schema
         properties: dict[str, Any] = schema.get("properties") or {}
         for key in schema.get("required") or []:
             if key not in data:
@@ -283,3 +290,22 @@ class AgentRegistry:
 
     def __len__(self) -> int:
         return len(self._agents)
+
+
+class CheckpointedGraphs:
+    """The registry's graphs bound to one checkpointer, each built once (the executor runs
+    them; the LangGraph protocol reads and updates threads' states with them)."""
+
+    def __init__(self, registry: AgentRegistry, checkpointer: Any) -> None:
+        self.registry = registry
+        self.checkpointer = checkpointer
+        self._graphs: dict[str, Any] = {}
+
+    def get(self, agent: str) -> Any:
+        graph = self._graphs.get(agent)
+        if graph is None:
+            graph = self.registry.get(agent).graph
+            if self.checkpointer is not None:
+                graph = graph.copy(update={"checkpointer": self.checkpointer})
+            self._graphs[agent] = graph
+        return graph

@@ -11,13 +11,21 @@ import logging
 import random
 from collections import deque
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, AsyncIterator, Callable, Protocol
 
-from ..events import Event
+from ..events import STATUS, Event
 
 log = logging.getLogger(__name__)
 
 READ_PAGE = 500
+# A subscription's history is read and handed on page by page: a small first page, so a
+# long replay's first events are written while the rest is still being read, then bigger
+# ones (fewer reads: a bus read of a page may cost a round trip or a walk to its start).
+FIRST_READ = 100
+HISTORY_PAGE = 2000
+_seq = attrgetter("seq")
+_ns = attrgetter("ns")
 # A quiet subscriber checks the log this often: the doorbell may have missed the
 # last event (e.g. it rang before the subscription was active), and nothing follows it.
 IDLE_CHECK_S = 5.0
@@ -77,6 +85,17 @@ class LogClosed(BusError):
     code = "log_closed"
 
 
+class Fenced(BusError):
+    """This process's execution of a run was superseded (another worker took the run over
+    after this one's lease ran out): it must stop without writing anything for the run."""
+
+    code = "fenced"
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} was taken over by another worker; this execution stops")
+
+
 class BackendUnavailable(BusError):
     """The backend stayed unreachable past its outage allowance (HTTP 503, never a 500)."""
 
@@ -98,7 +117,7 @@ class Sink:
     costs the publisher nothing.
     """
 
-    __slots__ = ("_items", "_limit", "_wake", "overflowed", "idle_check", "active")
+    __slots__ = ("_items", "_limit", "_wake", "overflowed", "idle_check", "active", "drops", "poked")
 
     def __init__(self, limit: int) -> None:
         self._items: deque[Event] = deque()
@@ -107,13 +126,20 @@ class Sink:
         self.overflowed = False
         self.idle_check = False  # set by the subscription's idle timer
         self.active = False  # anything pushed since the idle timer last fired
+        self.drops = 0  # overflows: times this subscriber was cut from live for being slow
+        self.poked = False  # set by ``poke``: the reader wants a turn even with nothing new
 
     def push(self, event: Event) -> None:
         if len(self._items) >= self._limit:
             self._items.clear()
+            if not self.overflowed:  # one cut per episode, however far it falls behind
+                self.drops += 1
             self.overflowed = True
         self._items.append(event)
         self.active = True
+        self._wake.set()
+
+    def wake(self) -> None:
         self._wake.set()
 
     def resync_needed(self) -> None:
@@ -128,6 +154,13 @@ class Sink:
             self._wake.set()
         self.active = False
 
+    def poke(self) -> None:
+        """Wake the reader for a batch even if nothing arrived (an empty one): its transport
+        has something of its own to write, e.g. SSE's keep-alive, which a shared timer
+        schedules instead of a task per stream."""
+        self.poked = True
+        self._wake.set()
+
     async def wait(self) -> None:
         await self._wake.wait()
 
@@ -135,6 +168,7 @@ class Sink:
         items = list(self._items)
         self._items.clear()
         self._wake.clear()
+        self.poked = False  # whatever is taken now is the reader's turn
         return items
 
 
@@ -144,6 +178,12 @@ class Bus(Protocol):
     subscriber_buffer: int
 
     async def append(self, run_id: str, ns: str, agent: str, data: dict[str, Any]) -> Event: ...
+
+    async def emit(self, run_id: str, ns: str, agent: str, data: dict[str, Any]) -> None:
+        """Append without waiting for the backend (a run's stream of chunks): the backend may
+        write what is ready in batches. Order per run is kept with ``append``; a failure is
+        raised by the run's next emit, append or ``flush``."""
+        ...
 
     async def read(self, run_id: str, after: int, limit: int | None = None) -> list[Event]:
         """Events with seq > after, oldest first; CursorExpired if after is trimmed."""
@@ -177,8 +217,12 @@ class ControlBus(Bus, Protocol):
         ...
 
 
-async def subscribe(bus: Bus, run_id: str, after: int | None) -> Subscription:
-    """Validate the cursor and open a subscription (before any response is sent)."""
+async def subscribe(bus: Bus, run_id: str, after: int | None, *, attach: bool = True) -> Subscription:
+    """Validate the cursor and open a subscription (before any response is sent).
+
+    ``attach=False`` leaves attaching to the reader's first step (``sub.open()``): a
+    streaming response whose body never starts (the client left first) then holds nothing.
+    """
     bounds = await bus.bounds(run_id)
     if bounds is None:
         raise UnknownLog(run_id)
@@ -192,15 +236,17 @@ async def subscribe(bus: Bus, run_id: str, after: int | None) -> Subscription:
     elif after < bounds.first_seq - 1:
         raise CursorExpired(run_id, after, bounds.first_seq)
     sub = Subscription(bus, run_id, after, trimmed_from)
-    await sub.open()
+    if attach:
+        await sub.open()
     return sub
 
 
 class Subscription:
     """Every event with seq > after, in order, once, then live until the terminal event.
 
-    Iterating yields batches (all events ready at that moment), so transports can
-    write several frames at once. Attaching to the live stream happens before the
+    Iterating yields batches (all events ready at that moment; the history as it is
+    read, a page of at most HISTORY_PAGE events at a time), so transports can write
+    several frames at once. Attaching to the live stream happens before the
     history is read; live events already covered by history are skipped by seq, and
     a hole in live seqs is filled from the log (contract items 2 and 3).
     """
@@ -214,15 +260,44 @@ class Subscription:
         self.resyncs = 0
         self._sink = Sink(bus.subscriber_buffer)
         self._attached = False
+        self._stopped: BaseException | None = None
+        self._presence: object = None
+
+    @property
+    def drops(self) -> int:
+        """Times the live buffer overflowed (a slow reader); each one was a resync."""
+        return self._sink.drops
+
+    def poke(self) -> None:
+        """Have the reader's iteration yield soon, an empty batch if nothing is new (only
+        readers that poke ever see an empty batch)."""
+        self._sink.poke()
+
+    def stop(self, reason: BaseException) -> None:
+        """End this subscription from outside (its reader's credential expired, say): the
+        reader's next step raises ``reason`` instead of waiting for more events."""
+        self._stopped = reason
+        self._sink.wake()
 
     async def open(self) -> None:
-        await self.bus.attach(self.run_id, self._sink)
-        self._attached = True
+        if not self._attached:
+            await self.bus.attach(self.run_id, self._sink)
+            self._attached = True
+            # Someone watches this log now, on whichever process (the delivery gate asks).
+            presence = getattr(self.bus, "presence", None)
+            if presence is not None:
+                self._presence = await presence.enter(self.run_id)
 
     async def aclose(self) -> None:
         if self._attached:
             self._attached = False
             await self.bus.detach(self.run_id, self._sink)
+            token, self._presence = getattr(self, "_presence", None), None
+            if token is not None:
+                # Not awaited: a reader being cancelled (a client gone mid-stream, whose
+                # clean-up is cancelled again at every await) must still stop counting as a
+                # watcher now, and the rest of its clean-up must still run.
+                self.bus.presence.leave_soon(token)
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -259,10 +334,31 @@ class Subscription:
             self.done = e.is_terminal
         return out
 
+    def _accept_page(self, page: list[Event]) -> list[Event]:
+        """``_accept`` of a page read from the log, with the same result: a page of exactly
+        the next seqs and no STATUS event (so none of them can end the stream) is taken
+        whole, with no Python step per event (a replay reads tens of thousands)."""
+        first, n = self.last + 1, len(page)
+        if (n and page[-1].seq == first + n - 1 and STATUS not in map(_ns, page)
+                and list(map(_seq, page)) == list(range(first, first + n))):
+            self.last = page[-1].seq
+            return page
+        return self._accept(page)
+
     async def _batches(self) -> AsyncIterator[list[Event]]:
-        batch = self._accept(await self._history())
-        if batch:
-            yield batch
+        # The history, one read page at a time: a long replay reaches its reader as it is
+        # read, never built whole before the first write.
+        cursor, limit = self.last, FIRST_READ
+        while not self.done:
+            if self._stopped is not None:
+                raise self._stopped
+            page = await self.bus.read(self.run_id, cursor, limit)
+            batch = self._accept_page(page)
+            if batch:
+                yield batch
+            if len(page) < limit:
+                break
+            cursor, limit = page[-1].seq, HISTORY_PAGE
         if not self.done:
             # A client already holding the terminal event gets an immediate, clean end.
             bounds = await self.bus.bounds(self.run_id)
@@ -298,6 +394,8 @@ class Subscription:
     async def _live(self) -> AsyncIterator[list[Event]]:
         while not self.done:
             await self._sink.wait()
+            if self._stopped is not None:
+                raise self._stopped
             if self._sink.idle_check:
                 self._sink.idle_check = False
                 bounds = self._present(await self.bus.bounds(self.run_id))
@@ -308,6 +406,7 @@ class Subscription:
                 self.resyncs += 1
                 log.info("subscriber of run %s resyncs from seq %d (dropped from live: %s)",
                          self.run_id, self.last, "buffer full or backend reconnect")
+                poked = self._sink.poked  # read next to ``take``, which clears it: no poke lost
                 self._sink.take()
                 batch = self._accept(await self._history())
                 if not batch:
@@ -315,8 +414,11 @@ class Subscription:
                     # for after it reconnected, and an emptied Redis reads as "nothing new".
                     self._present(await self.bus.bounds(self.run_id))
             else:
+                poked = self._sink.poked
                 live = self._sink.take()
                 if not live:
+                    if poked:
+                        yield live  # a poke's turn, with nothing new
                     continue  # an idle check that found nothing
                 first = self.last + 1
                 if [e.seq for e in live] == list(range(first, first + len(live))):
@@ -336,5 +438,5 @@ class Subscription:
                         # A hole: the doorbell missed some; the log is the truth.
                         batch.extend(self._accept(await self._history(upto=e.seq - 1)))
                     batch.extend(self._accept([e]))
-            if batch:
+            if batch or poked:
                 yield batch

@@ -15,10 +15,13 @@ import logging
 import time
 from collections import OrderedDict, deque
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..events import Event
 from .base import CursorExpired, LogBounds, LogClosed, Sink
+
+if TYPE_CHECKING:
+    from ..observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,8 @@ class MemoryBus:
 
     def __init__(self, *, max_events: int, ttl_s: float, subscriber_buffer: int,
                  journal: Any = None, finished_max_events: int = 20_000,
-                 finished_max_bytes: int = 16 * 1024 * 1024) -> None:
+                 finished_max_bytes: int = 16 * 1024 * 1024, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
         self.journal = journal  # optional: keeps logs on disk across restarts
         if journal is not None:
             journal.on_commit = self._show
@@ -87,6 +91,11 @@ class MemoryBus:
                 "finished_events": self.finished_events, "finished_bytes": self.finished_bytes,
                 "journal_readers": len(self._readers)}
 
+    async def open_log(self, run_id: str) -> None:
+        """Start an empty log that is not a run's (a delivery context's)."""
+        if run_id not in self._logs:
+            self._logs[run_id] = _Log(self.max_events)
+
     async def append(self, run_id: str, ns: str, agent: str, data: dict[str, Any]) -> Event:
         lg = self._logs.get(run_id)
         if lg is None:
@@ -104,11 +113,17 @@ class MemoryBus:
         lg.events.append(event)
         if event.is_terminal:
             lg.ended_at = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.published(ns)
         if self.journal is not None:
             self.journal.put_event(event)  # shown to readers once kept (_show)
         else:
             self._show([event])
         return event
+
+    async def emit(self, run_id: str, ns: str, agent: str, data: dict[str, Any]) -> None:
+        # An append here never waits for I/O already (the journal keeps it behind).
+        await self.append(run_id, ns, agent, data)
 
     def _show(self, events: list[Event]) -> None:
         for event in events:

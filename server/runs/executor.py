@@ -11,19 +11,35 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..bus.base import BackendUnavailable, Bus, LogLost
+from ..bus.base import BackendUnavailable, Bus, Fenced, LogLost
 from ..events import STATUS, STEP, THOUGHT, dumps
+from ..observability.logs import run_context
 from .lifecycle import LOG_LOST_REASON, SHUTDOWN_REASON, Lifecycle, RunHandle, to_the_end
 from .store import INTERRUPTED, NO_ANSWER, RUNNING, InvalidTransition, RunRecord, RunStore
+
+if TYPE_CHECKING:
+    from ..observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 CUSTOM = "CUSTOM"
-STREAM_MODES = ["messages", "custom", "updates", "values", "checkpoints"]
+# "tasks": each node's start and result, for the step-duration metric (never an event).
+STREAM_MODES = ["messages", "custom", "updates", "values", "checkpoints", "tasks"]
+# A LangGraph-protocol run logs every chunk of STREAM_MODES
+# as it came (the superset its streams are cut from: a late joiner may ask for any mode, at
+# any depth of subgraphs); ``debug``, ``events`` and ``messages/*`` are derived when sent.
+LG_PREFIX = "lg."
+
+
+def lg_event(namespace: tuple[str, ...], mode: str, chunk: Any) -> tuple[str, dict[str, Any]]:
+    """(ns, data) of the log event keeping one LangGraph stream chunk of a thread run."""
+    # JSON-safe once, here: every process and every transport then reads the same plain
+    # data (messages as dicts, interrupts as {value, id}), from memory or from Redis.
+    return LG_PREFIX + mode, {"path": "|".join(namespace), "chunk": orjson.loads(dumps(chunk))}
 
 
 def agent_path(namespace: tuple[str, ...], node: str | None) -> str:
@@ -53,6 +69,15 @@ def graph_output(graph: Any, values: Any) -> Any:
     return values
 
 
+def lg_output(graph: Any, values: Any) -> Any:
+    """A thread run's result: its last values, with ``__interrupt__`` when it stopped at one
+    (what ``ainvoke`` returns, and the official servers' ``/runs/wait``)."""
+    out = graph_output(graph, values)
+    if isinstance(values, dict) and "__interrupt__" in values and isinstance(out, dict):
+        out = {**out, "__interrupt__": values["__interrupt__"]}
+    return out
+
+
 def _namespace_from_tags(tags: Any) -> str | None:
     for tag in tags or ():
         if isinstance(tag, str) and tag.startswith("ns:"):
@@ -68,6 +93,10 @@ class ChunkMapper:
     current: str | None = None  # the node running now, when only one does
     interrupts: list[Any] = field(default_factory=list)
     output: Any = None
+    # A resumed attempt: LangGraph first re-sends the values (and checkpoint) of the
+    # checkpoint it resumes from, already in the log before rewind_to; a thread run's log
+    # skips them (contract item 7: folded, the stream equals an uncrashed one).
+    replaying: bool = False
 
     def map(self, namespace: tuple[str, ...], mode: str, chunk: Any) -> tuple[str, str, dict] | None:
         if mode == "messages":
@@ -117,7 +146,8 @@ class Executor:
 
     def __init__(self, *, bus: Bus, store: RunStore, registry: Any, run_timeout_s: float,
                  lifecycle: Lifecycle | None = None, checkpointer: Any = None,
-                 recoverable: bool = False) -> None:
+                 recoverable: bool = False, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
         self.bus = bus
         self.store = store
         self.lifecycle = lifecycle or Lifecycle(store=store, bus=bus)
@@ -127,21 +157,37 @@ class Executor:
         # True when records, logs and checkpoints all outlive this process: a shutdown then
         # leaves runs for recovery instead of failing them.
         self.recoverable = recoverable
-        self._graphs: dict[str, Any] = {}
+        from ..agents.registry import CheckpointedGraphs
+
+        self._graphs = CheckpointedGraphs(registry, checkpointer)
 
     def graph(self, agent: str) -> Any:
         """The agent's graph bound to our checkpointer (thread_id = run id), built once."""
-        graph = self._graphs.get(agent)
-        if graph is None:
-            graph = self.registry.get(agent).graph
-            if self.checkpointer is not None:
-                graph = graph.copy(update={"checkpointer": self.checkpointer})
-            self._graphs[agent] = graph
-        return graph
+        return self._graphs.get(agent)
 
     @staticmethod
     def config(run_id: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": run_id}, "metadata": {"run_id": run_id}}
+
+    @staticmethod
+    def run_config(rec: RunRecord, *, head: bool = False) -> dict[str, Any]:
+        """The graph config of ``rec``: its own thread (thread_id = run id), or for a
+        LangGraph thread run the thread, with the client's config, and the checkpoint to
+        fork from (a rollback's); ``head``: the thread's newest checkpoint instead."""
+        if rec.thread_id is None:
+            return Executor.config(rec.run_id)
+        opts = rec.lg or {}
+        config = dict(opts.get("config") or {})
+        configurable = {**(config.get("configurable") or {}), "thread_id": rec.thread_id}
+        if opts.get("checkpoint_id") and not head:
+            configurable["checkpoint_id"] = opts["checkpoint_id"]
+        else:
+            configurable.pop("checkpoint_id", None)
+        config["configurable"] = configurable
+        config["metadata"] = {**(config.get("metadata") or {}), **rec.metadata, "run_id": rec.run_id,
+                              "thread_id": rec.thread_id, "graph_id": rec.agent,
+                              "assistant_id": opts.get("assistant_id")}
+        return config
 
     async def rewind_point(self, rec: RunRecord, graph: Any) -> tuple[Any, int, int]:
         """Where a recovered attempt starts: (graph input, rewind_to seq, step already logged).
@@ -157,7 +203,11 @@ class Executor:
         bounds = await self.bus.bounds(rec.run_id)
         events = await self.bus.read(rec.run_id, bounds.first_seq - 1) if bounds else []
         last = events[-1].seq if events else 0
-        state = await graph.aget_state(self.config(rec.run_id)) if self.checkpointer else None
+        state = await graph.aget_state(self.run_config(rec, head=True)) if self.checkpointer else None
+        if state is not None and state.metadata is None:
+            state = None  # no checkpoint at all (the attempt stopped before its first step)
+        if state is not None and state.metadata.get("run_id") not in (None, rec.run_id):
+            state = None  # a thread's newest checkpoint is an earlier run's: this one wrote none
         if state is not None and state.config.get("configurable", {}).get("checkpoint_id"):
             step = state.metadata.get("step")
             for e in reversed(events):
@@ -166,7 +216,19 @@ class Executor:
             return None, last, step - 1
         first_running = next((e.seq for e in events if e.ns == STATUS
                               and e.data.get("state") == RUNNING), last)
-        return rec.input, first_running, -2
+        return self.first_input(rec), first_running, -2
+
+    @staticmethod
+    def first_input(rec: RunRecord) -> Any:
+        """What the graph starts from: the run's input, or a thread run's input or Command."""
+        if rec.thread_id is None:
+            return rec.input
+        opts = rec.lg or {}
+        if opts.get("command"):
+            from langgraph.types import Command
+
+            return Command(**opts["command"])
+        return opts.get("input")
 
     async def status(self, rec: RunRecord, state: str, **extra: Any) -> None:
         await self.bus.append(rec.run_id, STATUS, "server", {"state": state, **extra})
@@ -181,13 +243,14 @@ class Executor:
         interrupted for a human; continue it with this value. Returns the record, or None
         when the run was cancelled or answered before this attempt could start, or lost.
         """
-        try:
-            return await self._attempt(rec, handle, worker=worker, recover=recover, answer=answer)
-        except LogLost as exc:
-            # Its log (or record) vanished: the backend lost its data. Nothing can be written
-            # for it any more, not even its end (a new log would reuse seqs): stop, say so once.
-            self._lost(rec.run_id, exc.why)
-            return None
+        with run_context(rec.run_id, rec.tenant, rec.agent):  # on every log line it causes
+            try:
+                return await self._attempt(rec, handle, worker=worker, recover=recover, answer=answer)
+            except LogLost as exc:
+                # Its log (or record) vanished: the backend lost its data. Nothing can be written
+                # for it any more, not even its end (a new log would reuse seqs): stop, say so once.
+                self._lost(rec.run_id, exc.why)
+                return None
 
     @staticmethod
     def _lost(run_id: str, why: str) -> None:
@@ -211,7 +274,7 @@ class Executor:
                 log.info("run %s not started: it is %s now", run_id, exc.current)
                 return None
             async with asyncio.timeout(timeout):
-                await self._stream(rec, graph, graph_input, mapper)
+                await self._stream(rec, graph, graph_input, mapper, handle)
         except asyncio.CancelledError as exc:
             try:
                 await self._cancelled(run_id, handle.cancel_reason(exc) if handle else "cancelled")
@@ -221,10 +284,10 @@ class Executor:
         except TimeoutError:
             msg = f"run exceeded its timeout of {timeout:g} s"
             return (await self.lifecycle.fail(run_id, "timeout", msg)).record
-        except (BackendUnavailable, LogLost):
+        except (BackendUnavailable, LogLost, Fenced):
             # Not the graph's fault, and the ending could not be written either. Unavailable:
             # the run stays as it is and is recovered once the backend is back. Lost: ``run``
-            # stops it.
+            # stops it. Fenced: another worker executes it now; this execution writes nothing.
             raise
         except Exception as exc:  # the graph failed; the run fails, the server does not
             if handle is not None and handle.reason is not None:
@@ -258,6 +321,7 @@ class Executor:
         attempt = rec.attempt + 1
         if recover:
             graph_input, rewind_to, mapper.steps = await self.rewind_point(rec, graph)
+            mapper.replaying = graph_input is None
             rec = await self.lifecycle.resumed(rec, attempt=attempt, rewind_to=rewind_to,
                                                worker=worker)
             return rec, graph_input
@@ -269,14 +333,29 @@ class Executor:
             # The same execution, continued: not a new attempt.
             await self.status(rec, RUNNING, attempt=rec.attempt, answer=answer)
             return rec, Command(resume=answer)
+        extra: dict[str, Any] = {}
+        if rec.thread_id is not None and self.checkpointer is not None:
+            # Where the thread stood when this run began (a rollback returns it there).
+            head = await self.checkpointer.aget_tuple(self.run_config(rec))
+            extra["progress"] = {**rec.progress,
+                                 "checkpoint_before": head.config["configurable"]["checkpoint_id"] if head else None}
         rec = await self.store.transition(rec.run_id, RUNNING, started_at=time.time(),
-                                          attempt=attempt, worker=worker)
+                                          attempt=attempt, worker=worker, **extra)
         await self.status(rec, RUNNING, attempt=attempt)
-        return rec, rec.input
+        return rec, self.first_input(rec)
 
     async def _conclude(self, rec: RunRecord, graph: Any, mapper: ChunkMapper,
                         elapsed: float) -> RunRecord | None:
         run_id = rec.run_id
+        if mapper.interrupts and rec.thread_id is not None:
+            # A thread run ends at its interrupt: the thread waits for the answer (a later
+            # run's Command(resume=...)), not this run.
+            interrupts = orjson.loads(dumps(mapper.interrupts))
+            now = await self.store.get(run_id) or rec  # its progress has the checkpoint it reached
+            await self.store.update(run_id, progress={**now.progress, "step": mapper.steps,
+                                                      "interrupts": interrupts})
+            result = orjson.loads(dumps(lg_output(graph, mapper.output)))
+            return (await self.lifecycle.succeed(run_id, result, duration_s=round(elapsed, 3))).record
         if mapper.interrupts:
             interrupts = orjson.loads(dumps(mapper.interrupts))
             try:
@@ -287,20 +366,66 @@ class Executor:
                 return None
             await self.status(rec, INTERRUPTED, interrupts=interrupts)
             return rec
-        result = orjson.loads(dumps(graph_output(graph, mapper.output)))  # JSON-safe
+        output = lg_output(graph, mapper.output) if rec.thread_id is not None else graph_output(graph, mapper.output)
+        result = orjson.loads(dumps(output))  # JSON-safe
         return (await self.lifecycle.succeed(run_id, result, duration_s=round(elapsed, 3))).record
 
-    async def _stream(self, rec: RunRecord, graph: Any, graph_input: Any, mapper: ChunkMapper) -> None:
+    async def _stream(self, rec: RunRecord, graph: Any, graph_input: Any, mapper: ChunkMapper,
+                      handle: RunHandle | None = None) -> None:
+        clock = self.metrics.step_clock(rec.agent, agent_path) if self.metrics is not None else None
+        kwargs: dict[str, Any] = {}
+        threaded = rec.thread_id is not None
+        if threaded:
+            opts = rec.lg or {}
+            for key in ("context", "interrupt_before", "interrupt_after"):
+                if opts.get(key) is not None:
+                    kwargs[key] = opts[key]
         # durability="sync": each step's checkpoint is written before the next step begins,
         # so a crash re-runs at most the step it interrupted.
         async for namespace, mode, chunk in graph.astream(
-            graph_input, self.config(rec.run_id), stream_mode=STREAM_MODES, subgraphs=True,
-            durability="sync",
+            graph_input, self.run_config(rec), stream_mode=STREAM_MODES, subgraphs=True,
+            durability="sync", **kwargs,
         ):
+            if handle is not None and handle.reason is not None:
+                raise asyncio.CancelledError(handle.reason)  # a cancel the loop swallowed
+            if threaded:
+                await self._lg_chunk(rec, mapper, namespace, mode, chunk)
+                if mode == "tasks" and clock is not None:
+                    clock.task(namespace, chunk)
+                continue
+            if mode == "tasks":
+                if clock is not None:
+                    clock.task(namespace, chunk)
+                continue
             mapped = mapper.map(namespace, mode, chunk)
             if mapped is None:
                 continue
             ns, agent, data = mapped
-            await self.bus.append(rec.run_id, ns, agent, data)
+            await self.bus.emit(rec.run_id, ns, agent, data)
+            if ns == STATUS and self.metrics is not None and data.get("state") == "retrying":
+                self.metrics.retried(rec.agent, str(data.get("node") or agent))  # agents/retry.py's
             if ns == STEP:
                 await self.store.update(rec.run_id, progress={"step": mapper.steps, "next": data["next"]})
+
+    async def _lg_chunk(self, rec: RunRecord, mapper: ChunkMapper, namespace: tuple[str, ...],
+                        mode: str, chunk: Any) -> None:
+        """A thread run's chunk: logged as LangGraph sent it (``lg.<mode>``), and the
+        chunks the run's own bookkeeping needs mapped as for any run (STEP, output,
+        interrupts)."""
+        if mapper.replaying:
+            if not namespace and mode in ("values", "checkpoints"):
+                mapper.map(namespace, mode, chunk)  # the output so far, and no STEP twice
+                return
+            mapper.replaying = False
+        ns, data = lg_event(namespace, mode, chunk)
+        agent = agent_path(namespace, chunk[1].get("langgraph_node") if mode == "messages" else None)
+        await self.bus.emit(rec.run_id, ns, agent, data)
+        if mode in ("checkpoints", "values", "updates"):
+            mapped = mapper.map(namespace, mode, chunk)
+            if mapped is not None and mapped[0] == STEP:
+                await self.bus.emit(rec.run_id, STEP, "graph", mapped[2])
+                # Where the run stands on its thread: the thread's head moves here when it ends.
+                checkpoint = chunk["config"]["configurable"].get("checkpoint_id")
+                await self.store.update(rec.run_id, progress={**rec.progress, "step": mapper.steps,
+                                                              "next": mapped[2]["next"],
+                                                              "checkpoint": checkpoint})

@@ -20,12 +20,15 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 from ..bus.base import Bus, LogClosed
 from ..events import ERROR, RESULT, STATUS
 from .store import (CANCELLED, FAILED, INTERRUPTED, NO_ANSWER, QUEUED, RUNNING, SUCCEEDED,
                     InvalidTransition, RunRecord, RunStore)
+
+if TYPE_CHECKING:
+    from ..observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,9 @@ LOG_LOST_REASON = "redis lost its data"
 T = TypeVar("T")
 
 
+RECANCEL_S = 1.0
+
+
 class RunHandle:
     """One run executing in its own task, and why it is being cancelled.
 
@@ -46,12 +52,15 @@ class RunHandle:
     carries it too, for whoever inspects the task.
     """
 
-    __slots__ = ("run_id", "reason", "task")
+    __slots__ = ("run_id", "reason", "task", "fence")
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.reason: str | None = None
         self.task: asyncio.Task[Any] | None = None
+        # This execution's fencing token (a Redis worker's, see runs/lease.py): what its
+        # writes carry so that, once another worker took the run over, they are refused.
+        self.fence: int | None = None
 
     def start(self, coro: Awaitable[Any]) -> RunHandle:
         self.task = asyncio.ensure_future(coro)
@@ -65,7 +74,17 @@ class RunHandle:
         if self.reason is None:
             self.reason = reason
         self.task.cancel(reason)
+        # A cancel can be swallowed: on Python 3.11 ``asyncio.wait_for`` (redis-py wraps every
+        # send in one) returns the result and drops the CancelledError when the inner call
+        # had just finished. Ask again until the task is gone; the executor also checks
+        # ``reason`` after every chunk the graph yields.
+        asyncio.get_running_loop().call_later(RECANCEL_S, self._again)
         return True
+
+    def _again(self) -> None:
+        if self.task is not None and not self.task.done() and self.reason is not None:
+            self.task.cancel(self.reason)
+            asyncio.get_running_loop().call_later(RECANCEL_S, self._again)
 
     def cancel_reason(self, exc: BaseException | None = None) -> str:
         if self.reason is not None:
@@ -100,7 +119,7 @@ class Recovery(enum.Enum):
     ANSWER = "answer"  # interrupted, and an answer was waiting for it: continue with it
     RESUME = "resume"  # running: continue from the last checkpoint, attempts permitting
     LOST = "lost"  # running, out of attempts: it fails
-    WAIT = "wait"  # interrupted: it keeps waiting for its human
+    WAIT = "wait"  # interrupted (or parked behind its thread's runs): it keeps waiting
     ENDED = "ended"  # already over (or unknown): only make sure its log says so
 
 
@@ -108,7 +127,8 @@ def decide(rec: RunRecord | None, max_attempts: int, answer: Any = NO_ANSWER) ->
     if rec is None or rec.terminal:
         return Recovery.ENDED
     if rec.status == QUEUED:
-        return Recovery.START
+        # Parked: a thread run waiting for its thread's earlier runs; its thread starts it.
+        return Recovery.WAIT if rec.progress.get("parked") else Recovery.START
     if rec.status == INTERRUPTED:
         return Recovery.WAIT if answer is NO_ANSWER else Recovery.ANSWER
     return Recovery.RESUME if rec.attempt < max_attempts else Recovery.LOST
@@ -142,10 +162,19 @@ async def to_the_end(aw: Awaitable[T]) -> T:
 class Lifecycle:
     """The one writer of run endings and of recovery decisions."""
 
-    def __init__(self, *, store: RunStore, bus: Bus, max_attempts: int = 3) -> None:
+    def __init__(self, *, store: RunStore, bus: Bus, max_attempts: int = 3,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
         self.bus = bus
         self.max_attempts = max_attempts
+        self.metrics = metrics
+        # Called with the record after a run ended (its terminal event written), by the one
+        # caller that ended it: a LangGraph thread starts its next waiting run there.
+        self.on_end: list[Callable[[RunRecord], Awaitable[None]]] = []
+        # Called after the record ended and before its terminal event is written: whoever
+        # sees the end then also sees these effects (a LangGraph thread's head moved).
+        self.on_ending: list[Callable[[RunRecord], Awaitable[None]]] = []
+        self.gate: Any = None  # the delivery gate (gate/gate.py): decides a verdict at each ending
 
     # -- endings --------------------------------------------------------------
     async def end(self, run_id: str, state: str, *, error: dict[str, Any] | None = None,
@@ -167,17 +196,52 @@ class Lifecycle:
                    duration_s: float | None) -> Ending:
         # The record first: its transition is atomic in every store, so exactly one
         # caller wins, and a client that saw the terminal event finds the record ended.
+        # A run with a context gets its one verdict in that same transition.
+        gated: dict[str, Any] = {}
+        held = False
+        if self.gate is not None:
+            before = await self.store.get(run_id)
+            if before is not None and before.context and not before.terminal:
+                verdict = await self.gate.decide(before)
+                held = self.gate.held(before, state, verdict)
+                gated = {"verdict": verdict,
+                         "delivery": {"held": True, "delivered_at": None} if held else None}
         try:
             rec = await self.store.transition(run_id, state, ended_at=time.time(), error=error,
-                                              result=result)
+                                              result=result, **gated)
         except InvalidTransition as exc:
             log.debug("run %s: not ending it %s, it is %s", run_id, state, exc.current)
             return Ending(await self.store.get(run_id), False)
+        if self.metrics is not None:  # counted by the one caller that ended it
+            self.metrics.run_ended(rec)
+        # Who watches, asked before the terminal event: a reader leaves right after it.
+        watched = await self.gate.watched(rec) if self.gate is not None and rec.context else True
+        for hook in self.on_ending:  # what must be true once the ending is visible
+            try:
+                await hook(rec)
+            except Exception:  # noqa: BLE001 - the run ends whatever a follower does
+                log.exception("run %s: a step of its ending failed", run_id)
         if state == FAILED and error is not None:
             await self._append(run_id, ERROR, error)
+        elif state == SUCCEEDED and held:
+            # Not the answer any more (on_stale: hold): POST /runs/{id}/deliver releases it.
+            await self._append(run_id, "RESULT_HELD", {"verdict": rec.verdict}, agent="gate")
         elif state == SUCCEEDED:
-            await self._append(run_id, RESULT, {"output": result}, agent="graph")
+            body: dict[str, Any] = {"output": result}
+            if rec.verdict is not None:
+                body["verdict"] = rec.verdict
+            await self._append(run_id, RESULT, body, agent="graph")
         await self._terminal_status(rec, duration_s)
+        if self.gate is not None and rec.context:
+            try:
+                await self.gate.ended(rec, watched=watched)
+            except Exception:  # noqa: BLE001 - the run has ended; its announcement is the gate's
+                log.exception("run %s ended; the delivery gate could not record it", run_id)
+        for hook in self.on_end:
+            try:
+                await hook(rec)
+            except Exception:  # noqa: BLE001 - the run has ended whatever a follower does
+                log.exception("run %s ended; a follow-up of its ending failed", run_id)
         return Ending(rec, True)
 
     async def _terminal_status(self, rec: RunRecord, duration_s: float | None = None) -> None:
@@ -186,6 +250,10 @@ class Lifecycle:
             data["error"] = rec.error
         if duration_s is not None:
             data["duration_s"] = duration_s
+        if rec.verdict is not None:
+            data["verdict"] = rec.verdict
+        if (rec.delivery or {}).get("held"):
+            data["held"] = True
         await self._append(rec.run_id, STATUS, data)
 
     async def _append(self, run_id: str, ns: str, data: dict[str, Any], agent: str = "server") -> None:

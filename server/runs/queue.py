@@ -1,12 +1,15 @@
-"""Dispatch: the embedded queue. Runs beyond the concurrency limit wait as ``queued``."""
+"""Dispatch: the embedded queue. Runs beyond the concurrency limit wait as ``queued``,
+and start in the order fair share decides (``fair.FairQueue``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from typing import Any, Callable
 
 from .executor import Executor
+from .fair import FairQueue, TenantPolicy, Waiting
 from .lifecycle import SHUTDOWN_REASON, Dispatch, Lifecycle, RunHandle
 from .store import NO_ANSWER, RunRecord, RunStore
 
@@ -21,12 +24,14 @@ class LocalRunner:
     """
 
     def __init__(self, *, executor: Executor, store: RunStore, concurrency: int,
-                 lifecycle: Lifecycle | None = None) -> None:
+                 lifecycle: Lifecycle | None = None, policy: TenantPolicy | None = None,
+                 on_dispatch: Callable[[str, float], None] | None = None) -> None:
         self.executor = executor
         self.store = store
         self.lifecycle = lifecycle or executor.lifecycle
         self.concurrency = concurrency
-        self._queue: asyncio.Queue[Dispatch] = asyncio.Queue()
+        self._queue = FairQueue(policy or TenantPolicy())
+        self.on_dispatch = on_dispatch  # (tenant, seconds it waited): the metrics' queued time
         self._workers: set[asyncio.Task[None]] = set()
         self._running: dict[str, RunHandle] = {}
 
@@ -41,17 +46,43 @@ class LocalRunner:
         await self.shutdown()
 
     async def depth(self) -> int:
-        return self._queue.qsize()
+        return self._queue.depth()
 
     def active(self) -> int:
         return len(self._running)
 
     def stats(self) -> dict[str, int]:
-        return {"running": len(self._running), "queued": self._queue.qsize(), "workers": len(self._workers)}
+        return {"running": len(self._running), "queued": self._queue.depth(), "workers": len(self._workers)}
 
-    async def enqueue(self, run_id: str, answer: Any = NO_ANSWER) -> None:
+    async def admit(self, tenant: str, run_id: str = "") -> None:
+        """Refused (429) if the tenant's queue cap or creation rate says no; else ``run_id``
+        holds a place in the queue until it is enqueued (or ``unreserve``)."""
+        self._queue.admit(tenant, run_id)
+
+    async def unreserve(self, tenant: str, run_id: str) -> None:
+        self._queue.unreserve(tenant, run_id)
+
+    async def enqueue(self, rec: RunRecord, answer: Any = NO_ANSWER) -> None:
         """Queue a run to start, or (with ``answer``) an interrupted run to continue."""
-        self._queue.put_nowait(Dispatch(run_id, answer=answer))
+        self._queue.put(Waiting(Dispatch(rec.run_id, answer=answer), rec.tenant, rec.agent, time.time()))
+
+    async def withdraw(self, run_id: str) -> bool:
+        """A queued run was cancelled: it gives up its place (False: it was not waiting)."""
+        return self._queue.withdraw(run_id)
+
+    async def unserved(self, agents: list[str]) -> list[str]:
+        """Agents no live worker takes: none, this process runs them all."""
+        return []
+
+    async def position(self, rec: RunRecord) -> tuple[int, str] | None:
+        return self._queue.position(rec.run_id, rec.tenant)
+
+    async def overview(self) -> dict[str, Any]:
+        """Per tenant: queued, running (and per agent), oldest wait; one process serves every agent."""
+        view = self._queue.overview()
+        view["workers"] = {"*": 1}
+        view["slots"] = self.concurrency
+        return view
 
     async def recover(self, records: list[RunRecord]) -> None:
         """At start-up, for every run the last process left behind: what the lifecycle
@@ -59,7 +90,7 @@ class LocalRunner:
         for rec in sorted(records, key=lambda r: r.created_at):
             dispatch = await self.lifecycle.recover(rec, lost_because="the server stopped")
             if dispatch is not None:
-                self._queue.put_nowait(dispatch)
+                self._queue.put(Waiting(dispatch, rec.tenant, rec.agent, rec.created_at))
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run executing here; False if it is not running in this process."""
@@ -72,11 +103,15 @@ class LocalRunner:
 
     async def _work(self) -> None:
         while True:
-            dispatch = await self._queue.get()
+            item = await self._queue.get()
+            started = time.monotonic()
+            if self.on_dispatch is not None:
+                self.on_dispatch(item.tenant, max(0.0, time.time() - item.since))
             try:
-                await self._execute(dispatch)
+                await self._execute(item.dispatch)
             finally:
-                self._queue.task_done()
+                # Every ending gives the slot back: success, failure, cancel, timeout, interrupt.
+                self._queue.release(item.dispatch.run_id, time.monotonic() - started)
 
     async def _execute(self, dispatch: Dispatch) -> None:
         rec = await self.store.get(dispatch.run_id)

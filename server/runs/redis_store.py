@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
-from ..bus.base import LogLost
+from .. import redis_keys
+from ..bus.base import Fenced, LogLost
 from ..bus.redis import log_meta_key
 from ..events import dumps
 from ..redis_ops import RedisOps
@@ -26,22 +27,35 @@ _FIELDS = [f.name for f in dataclasses.fields(RunRecord)]
 # would hand the run to the default tenant.)
 _REQUIRED = frozenset({"run_id", "agent", "input", "tenant", "status", "created_at"})
 
-# KEYS: record hash. ARGV: field/value pairs. Never creates a hash that is not there.
+# A write for a run from a worker that executes it carries that execution's fencing token
+# (runs/lease.py; 0 from anyone else): once a later execution bumped the log meta's 'fence'
+# (same hash tag as the record), the stale one's writes are refused - its ending must not win
+# the record from the worker that took the run over.
+
+# KEYS: record hash, log meta. ARGV: fencing token, then field/value pairs. Never creates a
+# hash that is not there. Returns 1, 0 (no record) or -1 (fenced).
 UPDATE = """
+if ARGV[1] ~= '0' and tonumber(redis.call('HGET', KEYS[2], 'fence') or '0') > tonumber(ARGV[1]) then
+  return -1
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 """
 
-# KEYS: record hash. ARGV: wanted status (JSON), allowed current statuses (JSON list),
-# then field/value pairs. Returns the current status when the change is refused.
+# KEYS: record hash, log meta. ARGV: wanted status (JSON), allowed current statuses (JSON
+# list), fencing token, then field/value pairs. Returns {1, previous status}, {0, current
+# status} when the change is refused, {-1, current} when fenced.
 TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
+if ARGV[3] ~= '0' and tonumber(redis.call('HGET', KEYS[2], 'fence') or '0') > tonumber(ARGV[3]) then
+  return {-1, cur}
+end
 local allowed = cjson.decode(ARGV[2])
 for _, s in ipairs(allowed) do
   if cjson.encode(s) == cur then
-    redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 3))
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 4))
     return {1, cur}
   end
 end
@@ -67,8 +81,11 @@ def _retried(fn: Any) -> Any:
 
 
 class RedisRunStore:
-    def __init__(self, ops: RedisOps, *, prefix: str, ttl_s: float = 7 * 24 * 3600) -> None:
+    def __init__(self, ops: RedisOps, *, prefix: str, ttl_s: float = 7 * 24 * 3600,
+                 fence_of: Callable[[str], int] | None = None) -> None:
         self.ops = ops
+        # This process's fencing token for a run it executes (the bus's; 0: none).
+        self.fence_of = fence_of or (lambda run_id: 0)
         self.redis = ops.client
         self.prefix = prefix
         self.ttl_s = int(ttl_s)
@@ -76,10 +93,12 @@ class RedisRunStore:
         self._update = ops.register_script(UPDATE)
 
     def key(self, run_id: str) -> str:
-        return f"{self.prefix}:run:{run_id}"
+        return redis_keys.run(self.prefix, run_id)
 
-    def index_key(self, tenant: str) -> str:
-        return f"{self.prefix}:runs:{tenant}"
+    def index_key(self, tenant: str | None) -> str:
+        """The tenant's runs by creation time; every tenant's with None (an admin's list)."""
+        ctl = redis_keys.control(self.prefix)
+        return f"{ctl}:runs:{tenant}" if tenant is not None else f"{ctl}:runs-all"
 
     @_retried
     async def create(self, record: RunRecord) -> tuple[RunRecord, bool]:
@@ -104,12 +123,30 @@ class RedisRunStore:
             # that exists); its first append sets the log's own expiry.
             p.hset(meta, "seq", 0)
             p.expire(meta, self.ttl_s)
-            p.zadd(self.index_key(record.tenant), {record.run_id: record.created_at})
+            if not self.ops.cluster:
+                self._index(p, record)
             await p.execute()
+        if self.ops.cluster:
+            # A cluster runs a MULTI on one slot only: the run's keys above, then the
+            # indexes (the control plane's slot). A record whose index write is lost is
+            # only unlisted; an index entry is never left without its record.
+            async with self.redis.pipeline(transaction=True) as p:
+                self._index(p, record)
+                await p.execute()
         return record, True
 
+    def _index(self, p: Any, record: RunRecord) -> None:
+        p.zadd(self.index_key(record.tenant), {record.run_id: record.created_at})
+        p.zadd(self.index_key(None), {record.run_id: record.created_at})
+        if record.thread_id is not None:
+            p.zadd(self.thread_index_key(record.thread_id), {record.run_id: record.created_at})
+            p.expire(self.thread_index_key(record.thread_id), self.ttl_s)
+
+    def thread_index_key(self, thread_id: str) -> str:
+        return f"{redis_keys.control(self.prefix)}:thread-runs:{thread_id}"
+
     def idem_key(self, tenant: str, key: str) -> str:
-        return f"{self.prefix}:idem:{tenant}:{key}"
+        return f"{redis_keys.control(self.prefix)}:idem:{tenant}:{key}"
 
     @_retried
     async def find_idempotent(self, tenant: str, key: str) -> RunRecord | None:
@@ -140,15 +177,33 @@ class RedisRunStore:
         return rec
 
     @_retried
-    async def list(self, *, tenant: str, status: str | None = None, limit: int = 50,
-                   before: float | None = None) -> list[RunRecord]:
+    async def delete(self, run_id: str) -> None:
+        rec = await self.get(run_id)
+        if rec is None:
+            return
+        if self.ops.cluster:  # the record's slot first, then the control plane's (as in create)
+            await self.redis.delete(self.key(run_id))
+        async with self.redis.pipeline(transaction=True) as p:
+            if not self.ops.cluster:
+                p.delete(self.key(run_id))
+            p.zrem(self.index_key(rec.tenant), run_id)
+            p.zrem(self.index_key(None), run_id)
+            if rec.thread_id is not None:
+                p.zrem(self.thread_index_key(rec.thread_id), run_id)
+            if rec.idempotency_key is not None:
+                p.delete(self.idem_key(rec.tenant, rec.idempotency_key))
+            await p.execute()
+
+    @_retried
+    async def list(self, *, tenant: str | None, status: str | None = None, limit: int = 50,
+                   before: float | None = None, thread_id: str | None = None) -> list[RunRecord]:
         out: list[RunRecord] = []
+        index = self.thread_index_key(thread_id) if thread_id is not None else self.index_key(tenant)
         hi: Any = f"({before}" if before is not None else "+inf"
         page = max(limit, 50)
         offset = 0
         while len(out) < limit:
-            ids = await self.redis.zrevrangebyscore(self.index_key(tenant), hi, "-inf",
-                                                    start=offset, num=page)
+            ids = await self.redis.zrevrangebyscore(index, hi, "-inf", start=offset, num=page)
             if not ids:
                 break
             offset += len(ids)
@@ -158,7 +213,9 @@ class RedisRunStore:
                 except LogLost:
                     continue  # lost: listed as nothing rather than as a run that goes on
                 if rec is None:
-                    await self.redis.zrem(self.index_key(tenant), rid)  # its record expired
+                    await self.redis.zrem(index, rid)  # its record expired
+                    continue
+                if tenant is not None and rec.tenant != tenant:
                     continue
                 if status is None or rec.status == status:
                     out.append(rec)
@@ -168,7 +225,11 @@ class RedisRunStore:
 
     @_retried
     async def update(self, run_id: str, **changes: Any) -> RunRecord:
-        if not await self._update(keys=[self.key(run_id)], args=_encode(changes)):
+        done = await self._update(keys=[self.key(run_id), log_meta_key(self.prefix, run_id)],
+                                  args=[self.fence_of(run_id), *_encode(changes)])
+        if done == -1:
+            raise Fenced(run_id)
+        if not done:
             raise LogLost(run_id, "its record vanished")
         rec = await self.get(run_id)
         if rec is None:  # expired or lost between the two commands
@@ -179,8 +240,10 @@ class RedisRunStore:
     async def transition(self, run_id: str, status: str, **changes: Any) -> RunRecord:
         allowed = [s for s, nxt in _ALLOWED.items() if status in nxt]
         ok, cur = await self._transition(
-            keys=[self.key(run_id)],
-            args=[dumps(status), orjson.dumps(allowed), *_encode(changes)])
+            keys=[self.key(run_id), log_meta_key(self.prefix, run_id)],
+            args=[dumps(status), orjson.dumps(allowed), self.fence_of(run_id), *_encode(changes)])
+        if ok == -1:
+            raise Fenced(run_id)
         if not ok:
             current = orjson.loads(cur) if cur else "missing"
             raise InvalidTransition(run_id, current, status)

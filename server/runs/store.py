@@ -43,6 +43,7 @@ class RunRecord:
     input: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
     tenant: str = DEFAULT_TENANT
+    sub: str | None = None  # who started it (the credential's subject)
     status: str = QUEUED
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -53,6 +54,17 @@ class RunRecord:
     progress: dict[str, Any] = field(default_factory=dict)
     worker: str | None = None
     idempotency_key: str | None = None
+    # A run of a LangGraph thread (the LangGraph protocol): its state lives in the
+    # checkpointer under this thread id instead of the run id.
+    thread_id: str | None = None
+    # The LangGraph protocol's run options (command, config, context, interrupt_before/after,
+    # checkpoint to start from, multitask strategy): see threads/service.py.
+    lg: dict[str, Any] | None = None
+    # The delivery gate: what the run answers ({key, version, on_stale, deliver_within_s}),
+    # the verdict decided when it ended, and (a held result) whether it was delivered.
+    context: dict[str, Any] | None = None
+    verdict: dict[str, Any] | None = None
+    delivery: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -76,8 +88,16 @@ class RunStore(Protocol):
         ...
 
     async def list(
-        self, *, tenant: str, status: str | None = None, limit: int = 50, before: float | None = None
-    ) -> list[RunRecord]: ...
+        self, *, tenant: str | None, status: str | None = None, limit: int = 50, before: float | None = None,
+        thread_id: str | None = None,
+    ) -> list[RunRecord]:
+        """Newest first; ``tenant=None`` lists every tenant's runs (an admin's view);
+        ``thread_id``: only that thread's runs."""
+        ...
+
+    async def delete(self, run_id: str) -> None:
+        """Forget the record (a rolled-back or deleted thread's run)."""
+        ...
 
     async def update(self, run_id: str, **changes: Any) -> RunRecord: ...
 
@@ -113,7 +133,8 @@ class MemoryRunStore:
     def _put(self, rec: RunRecord) -> None:
         self._runs[rec.run_id] = rec
         if self.journal is not None:
-            self.journal.put_run(rec.run_id, asdict(rec))
+            # orjson writes the dataclass itself: the same JSON as asdict's, without its deep copy.
+            self.journal.put_run(rec.run_id, rec)
 
     def restore(self, records: list[dict[str, Any]]) -> None:
         for raw in records:
@@ -148,16 +169,26 @@ class MemoryRunStore:
         return self._runs.get(run_id) if run_id is not None else None
 
     async def list(
-        self, *, tenant: str, status: str | None = None, limit: int = 50, before: float | None = None
+        self, *, tenant: str | None, status: str | None = None, limit: int = 50, before: float | None = None,
+        thread_id: str | None = None,
     ) -> list[RunRecord]:
         rows = [
             r for r in self._runs.values()
-            if r.tenant == tenant
+            if (tenant is None or r.tenant == tenant)
             and (status is None or r.status == status)
             and (before is None or r.created_at < before)
+            and (thread_id is None or r.thread_id == thread_id)
         ]
         rows.sort(key=lambda r: r.created_at, reverse=True)
         return rows[:limit]
+
+    async def delete(self, run_id: str) -> None:
+        async with self._lock:
+            rec = self._runs.pop(run_id, None)
+            if rec is not None and rec.idempotency_key is not None:
+                self._idem.pop((rec.tenant, rec.idempotency_key), None)
+        if rec is not None and self.journal is not None:
+            await self.journal.forget_runs([run_id])
 
     async def update(self, run_id: str, **changes: Any) -> RunRecord:
         rec = replace(self._runs[run_id], **changes)

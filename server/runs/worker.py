@@ -1,9 +1,11 @@
 """Runs over Redis: the queue is a Stream with a consumer group, workers pull from it.
 
 A worker keeps the pending entries of the runs it executes fresh (XCLAIM to itself,
-its heartbeat). When a worker dies, its entries go idle; after the lease any other
+its heartbeat), from a thread of its own so that a busy event loop cannot starve it
+(``lease.py``). When a worker dies, its entries go idle; after the lease any other
 worker's reaper takes them over with XAUTOCLAIM and asks the lifecycle what the run
-becomes (run it, resume it from its checkpoint, or fail it as lost).
+becomes (run it, resume it from its checkpoint, or fail it as lost). A worker whose
+renewal finds an entry taken over stops that run without writing anything more for it.
 
 When Redis comes back empty, the runs in flight are gone with it: the worker stops the
 ones it executes whose log vanished (``LOG_LOST_REASON``; nothing more is written for
@@ -16,23 +18,33 @@ import asyncio
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
 from typing import Any, Awaitable, Callable
 
 import orjson
 from redis.exceptions import ResponseError
 
+from .. import redis_keys
 from ..backoff import Backoff
-from ..bus.base import BackendUnavailable, ControlBus, LogLost
+from ..bus.base import BackendUnavailable, Fenced, LogLost
+from ..bus.redis import RedisBus, log_meta_key
 from ..redis_ops import TRANSIENT, RedisOps
 from .executor import Executor
+from .fair import TenantPolicy
+from .lease import FENCE, LeaseKeeper, reap_period
 from .lifecycle import LOG_LOST_REASON, SHUTDOWN_REASON, Dispatch, Lifecycle, RunHandle
-from .store import NO_ANSWER, RunStore
+from .redis_sched import RedisScheduler
+from .store import NO_ANSWER, RunRecord, RunStore
 
 log = logging.getLogger(__name__)
 
 GROUP = "workers"
 CONTROL = "workers"
+WAKE = "sched"
+# A worker with free slots claims at least this often even if no wake-up reaches it.
+CLAIM_POLL_S = 0.5
 
 
 def _answer(fields: dict[bytes, bytes]) -> Any:
@@ -41,12 +53,16 @@ def _answer(fields: dict[bytes, bytes]) -> Any:
 
 
 class RedisQueue:
-    """The API side: enqueue runs, ask workers to cancel, report depth."""
+    """The API side: enqueue runs (fairly: ``redis_sched.py``), ask workers to cancel,
+    report depth, positions and which agents have a live worker."""
 
-    def __init__(self, ops: RedisOps, bus: ControlBus, *, prefix: str) -> None:
+    def __init__(self, ops: RedisOps, bus: RedisBus, *, prefix: str, policy: TenantPolicy | None = None) -> None:
         self.ops = ops
         self.bus = bus
-        self.stream = f"{prefix}:queue"
+        self.prefix = prefix
+        self.stream = redis_keys.queue(prefix)  # on the control plane's slot, with the scheduler's keys
+        self.workers_key = redis_keys.workers(prefix)
+        self.scheduler = RedisScheduler(ops, prefix=prefix, policy=policy or TenantPolicy())
 
     async def ensure_group(self) -> None:
         try:
@@ -55,35 +71,85 @@ class RedisQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def enqueue(self, run_id: str, answer: Any = NO_ANSWER) -> None:
-        fields = {"run_id": run_id}
-        if answer is not NO_ANSWER:
-            fields["answer"] = orjson.dumps(answer)
-        await self.ops.call(lambda: self.ops.client.xadd(self.stream, fields))
+    async def admit(self, tenant: str, run_id: str = "") -> None:
+        await self.scheduler.admit(tenant, run_id)
+
+    async def unreserve(self, tenant: str, run_id: str) -> None:
+        await self.scheduler.unreserve(tenant, run_id)
+
+    async def enqueue(self, rec: RunRecord, answer: Any = NO_ANSWER) -> None:
+        await self.scheduler.enqueue(rec.run_id, rec.tenant, rec.agent,
+                                     None if answer is NO_ANSWER else orjson.dumps(answer))
+        await self.wake_workers()
+
+    async def wake_workers(self) -> None:
+        """A run is waiting or a slot came free: workers with room claim now, not at their next poll."""
+        try:
+            await self.bus.publish_control(WAKE, {"wake": 1})
+        except Exception:  # noqa: BLE001 - workers also poll; a lost wake only costs latency
+            log.debug("wake-up not published", exc_info=True)
+
+    async def withdraw(self, run_id: str) -> bool:
+        return await self.scheduler.withdraw(run_id)
+
+    async def _live_workers(self) -> list[list[str]]:
+        """The agent lists of the workers whose announcement has not run out ("*": all);
+        the entries of workers that died without saying so are dropped on the way."""
+        rows = await self.ops.call(lambda: self.ops.client.hgetall(self.workers_key))
+        now = time.time()
+        live, dead = [], []
+        for name, raw in rows.items():
+            info = orjson.loads(raw)
+            if info.get("until", 0) > now:
+                live.append(info.get("agents") or ["*"])
+            elif info.get("until", 0) < now - 3600:
+                dead.append(name)
+        if dead:
+            await self.ops.call(lambda: self.ops.client.hdel(self.workers_key, *dead))
+        return live
+
+    async def live_agents(self) -> set[str]:
+        """The agents some live worker takes ("*": a worker that takes them all)."""
+        return {agent for agents in await self._live_workers() for agent in agents}
+
+    async def unserved(self, agents: list[str]) -> list[str]:
+        """The agents no live worker takes (their runs wait queued until one comes)."""
+        live = await self.live_agents()
+        return [] if "*" in live else [a for a in agents if a not in live]
+
+    async def workers(self) -> dict[str, int]:
+        """Live workers per agent ("*" counts workers that take every agent)."""
+        out: dict[str, int] = {}
+        for agents in await self._live_workers():
+            for agent in agents:
+                out[agent] = out.get(agent, 0) + 1
+        return out
+
+    async def position(self, rec: RunRecord) -> tuple[int, str] | None:
+        return await self.scheduler.position(rec.run_id, rec.tenant, rec.agent, await self.live_agents())
+
+    async def overview(self) -> dict[str, Any]:
+        view = await self.scheduler.overview()
+        view["workers"] = await self.workers()
+        return view
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Tell every worker; the one that owns the run cancels it."""
         return await self.bus.publish_control(CONTROL, {"cancel": run_id, "reason": reason}) > 0
 
     async def depth(self) -> int:
-        """Entries not yet handed to any worker (the group's lag)."""
-        try:
-            groups = await self.ops.call(lambda: self.ops.client.xinfo_groups(self.stream))
-        except ResponseError:
-            return 0
-        for g in groups:
-            if g.get("name") in (GROUP, GROUP.encode()):
-                lag = g.get("lag")
-                return int(lag) if lag is not None else int(g.get("pending", 0))
-        return 0
+        """Runs waiting for a worker (every tenant's)."""
+        return await self.scheduler.depth()
 
 
 class Worker:
     """Pulls runs from the queue stream, at most ``concurrency`` at a time."""
 
-    def __init__(self, *, queue: RedisQueue, bus: ControlBus, store: RunStore, executor: Executor,
+    def __init__(self, *, queue: RedisQueue, bus: RedisBus, store: RunStore, executor: Executor,
                  concurrency: int, lease_s: float, lifecycle: Lifecycle | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, agents: tuple[str, ...] = (),
+                 on_dispatch: Callable[[str, float], None] | None = None,
+                 heartbeat_client: Any = None) -> None:
         self.queue = queue
         self.redis = queue.ops.client
         self.bus = bus
@@ -94,8 +160,17 @@ class Worker:
         self.lease_s = lease_s
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._running: dict[str, tuple[RunHandle, str]] = {}  # run id -> (handle, entry id)
+        # _running changes on the loop and is read by the lease thread: guarded (held only
+        # for a dict operation, never across I/O).
+        self._running_lock = threading.Lock()
+        self.heartbeat_client = heartbeat_client  # synchronous, for the lease thread alone
+        self._keeper: LeaseKeeper | None = None
+        self._fence = queue.ops.register_script(FENCE)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.agents = agents  # the pool this worker serves; () = every agent
+        self.on_dispatch = on_dispatch  # (tenant, seconds it waited): the metrics' queued time
         self._slot = asyncio.Event()
+        self._wake = asyncio.Event()
         self._stopping = False
 
     async def __aenter__(self) -> Worker:
@@ -111,15 +186,24 @@ class Worker:
                             backoff.next_delay)
                 await backoff.wait()
         await self.bus.on_control(CONTROL, self._on_control)
+        await self.bus.on_control(WAKE, lambda _msg: self._wake.set())
         self.queue.ops.on_data_lost(self._on_data_lost)
+        await self._announce()
+        self._keeper = LeaseKeeper(
+            self.heartbeat_client, loop=asyncio.get_running_loop(), stream=self.queue.stream, group=GROUP,
+            consumer=self.name, workers_key=self.queue.workers_key, announcement=self._announcement,
+            lease_s=self.lease_s, entries=self._entries, on_lost=self._on_lost,
+            on_nogroup=self.queue.ops.reconnected).start()
         loops = ((self._consume(), "consume"),
-                 (self._periodic(self.lease_s / 4, "heartbeat", self._heartbeat), "heartbeat"),
-                 (self._periodic(self.lease_s / 3, "reaper", self._reap), "reap"))
+                 (self._periodic(self._keeper.period, "loop tick", self._tick), "tick"),
+                 (self._periodic(reap_period(self.lease_s), "reaper", self._reap), "reap"))
         for coro, label in loops:
             task = asyncio.create_task(coro, name=f"worker-{label}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        log.info("worker %s started (concurrency %d, lease %.1fs)", self.name, self.concurrency, self.lease_s)
+        log.info("worker %s started (concurrency %d, lease %.1fs, takeover within %.1fs, agents %s)",
+                 self.name, self.concurrency, self.lease_s, self.lease_s + reap_period(self.lease_s),
+                 ",".join(self.agents) or "all")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -130,6 +214,41 @@ class Worker:
         running = [h.task for h, _ in self._running.values() if h.cancel(SHUTDOWN_REASON)]
         if running:
             await asyncio.wait([t for t in running if t is not None], timeout=5)
+        if self._keeper is not None:  # joined off the loop: its last round may be in flight
+            await asyncio.to_thread(self._keeper.stop)
+        try:
+            await self.redis.hdel(self.queue.workers_key, self.name)
+        except TRANSIENT:
+            pass  # its entry expires by itself
+
+    def _announcement(self) -> bytes:
+        """Which agents this worker takes, until a little past its next heartbeat."""
+        return orjson.dumps({"agents": list(self.agents) or ["*"], "until": time.time() + self.lease_s,
+                             "concurrency": self.concurrency})
+
+    async def _announce(self) -> None:
+        await self.redis.hset(self.queue.workers_key, self.name, self._announcement())
+
+    def _entries(self) -> list[str]:
+        """The queue entries of the runs executing here (called from the lease thread)."""
+        with self._running_lock:
+            return [m for _, m in self._running.values()]
+
+    def _on_lost(self, entry_ids: list[str]) -> None:
+        """The lease thread found these entries taken over (this worker stalled past its
+        lease): another worker executes those runs now. Stop them here without writing
+        anything: SHUTDOWN_REASON is the cancel after which the executor leaves a run to
+        whoever recovers it."""
+        lost = set(entry_ids)
+        for run_id, (handle, msg_id) in list(self._running.items()):
+            if msg_id in lost and handle.cancel(SHUTDOWN_REASON):
+                log.warning("worker %s: run %s was taken over by another worker (this one held "
+                            "it past its %.1fs lease); stopping it here", self.name, run_id, self.lease_s)
+
+    async def _tick(self) -> None:
+        """Tell the lease thread the loop still runs (a hung loop's leases are let go)."""
+        if self._keeper is not None:
+            self._keeper.loop_tick()
 
     def active(self) -> int:
         return len(self._running)
@@ -156,8 +275,10 @@ class Worker:
                 await self._slot.wait()
                 continue
             try:
-                resp = await self.redis.xreadgroup(GROUP, self.name, {self.queue.stream: ">"},
-                                                   count=free, block=1000)
+                self._wake.clear()
+                # The fair-share decision, in Redis, atomically for every worker (redis_sched.py).
+                resp = await self.queue.scheduler.claim(self.queue.stream, GROUP, self.name, free,
+                                                        ",".join(self.agents) or "*")
                 backoff.reset()
             except TRANSIENT as exc:
                 log.warning("worker %s: queue read failed (%s); retrying", self.name, exc)
@@ -172,29 +293,56 @@ class Worker:
                         await backoff.wait()
                     continue
                 raise
+            claimed = 0
             for _stream, entries in resp or ():
                 for msg_id, fields in entries:
                     run_id = fields[b"run_id"].decode()
                     self._start(msg_id.decode(), Dispatch(run_id, answer=_answer(fields)))
+                    claimed += 1
+                    since = float(fields.get(b"since") or 0)
+                    if self.on_dispatch is not None and since:
+                        self.on_dispatch(fields.get(b"tenant", b"default").decode(), max(0.0, time.time() - since))
+            if not claimed:
+                try:  # nothing for us: until a wake-up (a run queued, a slot freed) or the poll
+                    await asyncio.wait_for(self._wake.wait(), CLAIM_POLL_S)
+                except asyncio.TimeoutError:
+                    pass
 
     def _start(self, msg_id: str, dispatch: Dispatch) -> None:
         handle = RunHandle(dispatch.run_id)
-        self._running[dispatch.run_id] = (handle, msg_id)
+        with self._running_lock:
+            self._running[dispatch.run_id] = (handle, msg_id)
         handle.start(self._execute(msg_id, dispatch, handle))
 
     async def _execute(self, msg_id: str, dispatch: Dispatch, handle: RunHandle) -> None:
         run_id = dispatch.run_id
+        started = time.monotonic()
+        ended: RunRecord | None = None
         try:
+            # The fence first, before anything of the run is read (its checkpoint above all):
+            # from here on, a previous holder's writes carry a lower token.
+            handle.fence = await self.queue.ops.call(
+                lambda: self._fence(keys=[log_meta_key(self.queue.prefix, run_id)])) or None
+            # Every batch of this execution carries it: once a later execution bumped the
+            # fence, this one's appends are refused (Fenced) and it stops.
+            self.bus.fence(run_id, handle.fence)
             rec = await self.store.get(run_id)
             if rec is not None and rec.status == dispatch.from_status:
-                await self.executor.run(rec, handle, worker=self.name, recover=dispatch.recover,
-                                        answer=dispatch.answer)
+                ended = await self.executor.run(rec, handle, worker=self.name, recover=dispatch.recover,
+                                                answer=dispatch.answer)
         except asyncio.CancelledError:
             if self._stopping and self.executor.recoverable:
                 # Left running on purpose: its entry stays pending, and after the lease
                 # another worker claims and recovers it.
                 self._release(run_id)
                 return
+        except Fenced:
+            # Taken over while it ran (this worker's lease ran out): the entry is the new
+            # owner's now, so it is neither acked nor ended here.
+            log.warning("worker %s: run %s was taken over by another worker; this execution stopped",
+                        self.name, run_id)
+            self._release(run_id)
+            return
         except LogLost as exc:  # its record is there but not whole, or its log vanished
             log.error("worker %s: run %s not executed (log_lost): %s", self.name, run_id, exc.why)
         except BackendUnavailable as exc:
@@ -208,20 +356,57 @@ class Worker:
         except Exception:
             log.exception("worker %s: run %s crashed the executor", self.name, run_id)
         self._release(run_id)
-        await self._done(msg_id)
+        await self._done(msg_id, run_id, time.monotonic() - started)
+        # After the slot went back: released, the run takes no cancel any more (a cancel of a
+        # run that has just ended would otherwise cut the release short), and the tenant's
+        # next run does not wait for this clean-up.
+        await self._drop_checkpoints(ended)
+
+    async def _drop_checkpoints(self, rec: RunRecord | None) -> None:
+        """A run of no LangGraph thread that ended: nothing reads its checkpoints any more
+        (only a running run is resumed), so they leave Redis now instead of at their TTL
+        (RAM, not disk). A thread's checkpoints are its state: they stay."""
+        from .redis_checkpoints import RedisSaver
+
+        saver = self.executor.checkpointer
+        if rec is None or not rec.terminal or rec.thread_id is not None or not isinstance(saver, RedisSaver):
+            return
+        try:
+            await saver.adelete_thread(rec.run_id)
+        except (*TRANSIENT, BackendUnavailable):
+            log.info("run %s: its checkpoints were not dropped (Redis away); they expire", rec.run_id)
 
     def _release(self, run_id: str) -> None:
-        self._running.pop(run_id, None)
+        self.bus.fence(run_id, None)
+        with self._running_lock:
+            self._running.pop(run_id, None)
         self._slot.set()
 
-    async def _done(self, msg_id: str) -> None:
+    async def _done(self, msg_id: str, run_id: str, duration_s: float | None = None) -> None:
+        """The run's execution is over (however it ended): ack its entry, give its slot back —
+        unless this worker stalled past its lease and another took the run over meanwhile (a
+        stale owner releasing the slot would let the tenant exceed its cap)."""
+        try:
+            done = await self.queue.scheduler.finish(run_id, duration_s, stream=self.queue.stream, group=GROUP,
+                                                     entry_id=msg_id, consumer=self.name)
+        except (*TRANSIENT, BackendUnavailable):
+            log.warning("worker %s: run %s not acked nor its slot released (Redis away); the reaper "
+                        "will see it", self.name, run_id)
+            return
+        if done > 0:
+            await self.queue.wake_workers()  # its tenant may have been at its cap
+        elif done < 0:
+            log.warning("worker %s: run %s was taken over by another worker meanwhile; it finishes it",
+                        self.name, run_id)
+
+    async def _ack(self, msg_id: str) -> None:
         try:
             async with self.redis.pipeline(transaction=False) as p:
                 p.xack(self.queue.stream, GROUP, msg_id)
                 p.xdel(self.queue.stream, msg_id)
                 await p.execute()
         except TRANSIENT:
-            log.warning("worker %s: could not ack %s; the reaper will see it as done", self.name, msg_id)
+            log.warning("worker %s: could not ack %s", self.name, msg_id)
 
     async def _periodic(self, period: float, label: str, tick: Callable[[], Awaitable[None]]) -> None:
         """``tick`` every ``period``. After a Redis failure it is retried sooner (backing off
@@ -242,19 +427,6 @@ class Worker:
                 backoff.reset()
                 delay = period
 
-    async def _heartbeat(self) -> None:
-        """Keep our pending entries' idle time low: proof of life, per run."""
-        ids = [m for _, m in self._running.values()]
-        if ids:
-            try:
-                await self.redis.xclaim(self.queue.stream, GROUP, self.name, 0, ids, justid=True)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # The queue vanished: Redis lost its data. The epoch check says so and
-                # stops the runs that went with it; the consumer re-creates the group.
-                self.queue.ops.reconnected()
-
     async def _reap(self) -> None:
         """Take over entries whose worker stopped heartbeating for longer than the lease."""
         try:
@@ -267,7 +439,7 @@ class Worker:
         for msg_id, fields in claimed:
             mid = msg_id.decode()
             if not fields:  # deleted meanwhile
-                await self._done(mid)
+                await self._ack(mid)
                 continue
             run_id = fields[b"run_id"].decode()
             if run_id in self._running:
@@ -276,7 +448,7 @@ class Worker:
                 await self._take_over(mid, run_id, _answer(fields))
             except LogLost as exc:  # nothing left to recover
                 log.error("worker %s: run %s not taken over (log_lost): %s", self.name, run_id, exc.why)
-                await self._done(mid)
+                await self._done(mid, run_id)
             except (*TRANSIENT, BackendUnavailable):
                 raise  # Redis is away: the next round retries (the entry stays claimable)
             except Exception:
@@ -289,6 +461,6 @@ class Worker:
                         f"for more than {self.lease_s:g}s")
         dispatch = await self.lifecycle.recover(rec, lost_because=lost_because, answer=answer)
         if dispatch is None:
-            await self._done(msg_id)
+            await self._done(msg_id, run_id)  # it ended (or was failed as lost): its slot goes back
         else:
-            self._start(msg_id, dispatch)
+            self._start(msg_id, dispatch)  # the run goes on here, in the slot it already holds

@@ -47,6 +47,7 @@ class RunView(BaseModel):
     input: dict[str, Any]
     metadata: dict[str, Any]
     tenant: str
+    sub: str | None = Field(None, description="who started it (the credential's subject)")
     status: RunStatus
     created_at: float
     started_at: float | None
@@ -56,11 +57,17 @@ class RunView(BaseModel):
     result: Any = None
     progress: dict[str, Any]
     worker: str | None
+    thread_id: str | None = Field(None, description="the LangGraph thread of a thread run (LangGraph protocol)")
+    context: dict[str, Any] | None = Field(None, description="what the run answers: {key, version, on_stale, deliver_within_s}")
+    verdict: dict[str, Any] | None = Field(None, description="the delivery gate's verdict, decided when the run ended")
+    delivery: dict[str, Any] | None = Field(None, description="a held result: {held, delivered_at}")
 
 
 class RunSnapshot(RunView):
     last_seq: int | None = Field(description="the seq of the newest event (null: the log expired)")
     first_seq: int | None = Field(description="the oldest seq the log still holds")
+    queue_position: int | None = Field(None, description="a queued run's place among its tenant's waiting runs (1: next)")
+    queue_reason: str | None = Field(None, description="why a queued run waits (its tenant's cap, no worker for its agent, …)")
 
 
 class RunPage(BaseModel):
@@ -80,6 +87,40 @@ class AgentList(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "ready"]
+    agents_without_workers: list[str] | None = Field(
+        None, description="agents no live worker takes (their runs wait queued); readyz only")
+
+
+class WhoAmI(BaseModel):
+    """The caller, as this server sees their credential."""
+
+    tenant: str
+    sub: str
+    roles: list[str]
+    via: Literal["none", "jwt", "api_key"]
+    expires_at: float | None = Field(description="the credential's exp (null: it does not expire)")
+
+
+class Ticket(BaseModel):
+    """Opens ``GET /runs/{run_id}/events?ticket=…`` (and re-opens it, until it expires)."""
+
+    ticket: str
+    expires_in: int = Field(description="seconds the ticket can open the stream")
+    run_id: str
+
+
+class RevokeRequest(BaseModel):
+    """``{"sub": …}`` revokes a subject's credentials issued until now; ``{"jti": …}`` one token."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    sub: str | None = Field(None, min_length=1, max_length=256)
+    jti: str | None = Field(None, min_length=1, max_length=256)
+
+
+class Revoked(BaseModel):
+    revoked: dict[str, str]
+    at: float
 
 
 class AnswerRequest(BaseModel):

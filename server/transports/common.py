@@ -11,73 +11,68 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from ..auth import DEFAULT_TENANT, LOCAL_CALLER, AuthError, Authenticator, Caller
 from ..bus.base import BackendUnavailable, BusError, CursorAhead, CursorExpired, LogClosed, LogLost, UnknownLog
 from ..runs.service import ServiceError
-from ..runs.store import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
 MAX_CURSOR_DIGITS = 18  # seqs are far below 10**18; longer is garbage, not a cursor
 MAX_IDEMPOTENCY_KEY = 255
 
-__all__ = ["DEFAULT_TENANT", "ApiError", "Caller", "RequestError", "SubmitRequest", "api_error"]
+__all__ = ["DEFAULT_TENANT", "LOCAL_CALLER", "ApiError", "Caller", "RequestError", "SubmitRequest", "api_error",
+           "authorize"]
 
 
 # --------------------------------------------------------------------------- identity
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling: the tenant that owns what they touch, their subject, their roles."""
-
-    tenant: str
-    sub: str
-    roles: frozenset[str] = frozenset()
-
-
-# With no authentication the server trusts whoever reaches its port (loopback by default):
-# one tenant, every role.
-LOCAL_CALLER = Caller(DEFAULT_TENANT, "local", frozenset({"viewer", "member", "admin"}))
-
-
-class Identity(Protocol):
-    """Decides who is calling. The one seam credentials (JWT, API keys) plug into: an
-    implementation raises ``RequestError(..., status=401)`` for a missing or bad credential."""
-
-    async def of_request(self, request: Request) -> Caller: ...
-
-    async def of_socket(self, environ: dict[str, Any], auth: Any) -> Caller: ...
-
-
-class NoAuth:
-    """Auth ``none``: everyone is the local caller of the default tenant."""
-
-    async def of_request(self, request: Request) -> Caller:
-        return LOCAL_CALLER
-
-    async def of_socket(self, environ: dict[str, Any], auth: Any) -> Caller:
-        return LOCAL_CALLER
-
-
-def identity_of(state: Any) -> Identity:
-    """The app's identity resolver (``app.state.identity``), auth ``none`` if it has none."""
-    return getattr(state, "identity", None) or _NO_AUTH
-
-
-_NO_AUTH = NoAuth()
+def identity_of(state: Any) -> Authenticator:
+    """The app's authenticator (``app.state.identity``): the one place that decides who calls."""
+    return state.identity
 
 
 async def request_caller(request: Request) -> Caller:
-    return await identity_of(request.app.state).of_request(request)
+    """The caller ``authorize`` resolved for this request (or resolve it now)."""
+    caller = getattr(request.state, "caller", None)
+    if caller is None:
+        caller = await identity_of(request.app.state).of_request(request)
+        request.state.caller = caller
+    return caller
+
+
+async def authorize(request: Request, role: str, *, ticket: bool = False) -> Caller:
+    """Who is calling, if their role allows ``role``; else 401/403. With ``ticket``, a
+    ``?ticket=`` (from ``POST /runs/{id}/ticket``) may stand in for the credential, for the
+    run in the path only."""
+    identity = identity_of(request.app.state)
+    raw = request.query_params.get("ticket") if ticket else None
+    if raw is not None:
+        caller = await identity.of_ticket(raw, request.path_params.get("run_id", ""))
+    else:
+        caller = await identity.of_request(request)
+    request.state.caller = caller.require(role)
+    return caller
 
 
 # --------------------------------------------------------------------------- requests
+
+
+class ContextSpec(BaseModel):
+    """What a run answers (the delivery gate): its result is judged against this when it ends."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    key: StrictStr = Field(min_length=1, max_length=200)
+    version: StrictStr = Field(min_length=1, max_length=200)
+    on_stale: Literal["mark", "hold"] = "mark"
+    deliver_within_s: float | None = Field(None, gt=0, le=366 * 24 * 3600)
 
 
 class SubmitRequest(BaseModel):
@@ -88,6 +83,7 @@ class SubmitRequest(BaseModel):
     agent: StrictStr = Field(min_length=1, max_length=200)
     input: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    context: ContextSpec | None = None
 
 
 class RequestError(Exception):
@@ -194,6 +190,8 @@ def api_error(exc: BaseException) -> ApiError:
     """The one mapping from an exception to what the client is told."""
     if isinstance(exc, RequestError):
         return ApiError(exc.status, exc.code, exc.message, dict(exc.detail), dict(exc.headers))
+    if isinstance(exc, AuthError):
+        return ApiError(exc.status, exc.code, exc.message, {}, dict(exc.headers))
     if isinstance(exc, ServiceError):
         return ApiError(exc.status, exc.code, exc.message, dict(exc.detail), dict(exc.headers))
     if isinstance(exc, BusError):
@@ -233,4 +231,4 @@ async def _render(request: Request, exc: Exception) -> JSONResponse:
 
 def exception_handlers() -> dict[Any, Any]:
     """Starlette exception handlers: whatever a route raises, the one error shape and status."""
-    return {RequestError: _render, ServiceError: _render, BusError: _render}
+    return {RequestError: _render, ServiceError: _render, BusError: _render, AuthError: _render}

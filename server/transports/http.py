@@ -7,6 +7,7 @@ one status and code whichever door it came through.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -14,10 +15,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..events import dumps
+from ..observability.exposition import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..runs.store import STATUSES
-from .api_models import (AgentList, AnswerRequest, Health, RunPage, RunSnapshot, RunView, SubmitAccepted,
-                         dump)
+from ..auth import ADMIN, AUTHENTICATED, MEMBER, VIEWER
+from ..auth.caller import TENANT_RE
+from .api_models import (AgentList, AnswerRequest, Health, RevokeRequest, Revoked, RunPage, RunSnapshot, RunView,
+                         SubmitAccepted, Ticket, WhoAmI, dump)
 from .common import RequestError, SubmitRequest, check_idempotency_key, request_caller, validate
+from . import polling
 from .openapi import Operation, Param
 
 
@@ -33,7 +38,7 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(request: Request, *, empty: Any = None) -> Any:
     """The body as JSON, counted as it is read (a chunked body has no Content-Length).
 
     A body declared as something else is refused before it is read: form posts and
@@ -58,6 +63,8 @@ async def read_json(request: Request) -> Any:
         if size > limit:
             raise too_large
         chunks.append(chunk)
+    if not size and empty is not None:
+        return empty  # an empty body where the route has a default (the LangGraph protocol's)
     try:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:
@@ -69,8 +76,8 @@ async def submit_run(request: Request) -> Response:
     idem = check_idempotency_key(request.headers.get("idempotency-key"), "Idempotency-Key")
     caller = await request_caller(request)
     rec, created = await request.app.state.runs.submit(
-        req.agent, req.input, metadata=req.metadata, tenant=caller.tenant,
-        idempotency_key=idem)
+        req.agent, req.input, metadata=req.metadata, tenant=caller.tenant, sub=caller.sub,
+        idempotency_key=idem, context=req.context.model_dump() if req.context else None)
     url = f"/runs/{rec.run_id}"
     body = SubmitAccepted(run_id=rec.run_id, status=rec.status, agent=rec.agent,
                           events_url=f"{url}/events", room=f"run:{rec.run_id}", created=created)
@@ -78,9 +85,9 @@ async def submit_run(request: Request) -> Response:
 
 
 async def get_run(request: Request) -> Response:
+    """The snapshot as a conditional GET: ETag, If-None-Match -> 304, ?wait= long-polls."""
     caller = await request_caller(request)
-    snap = await request.app.state.runs.snapshot(request.path_params["run_id"], tenant=caller.tenant)
-    return JSONBytes(dump(RunSnapshot.model_validate(snap)))
+    return await polling.run_snapshot(request, request.path_params["run_id"], caller.scope)
 
 
 async def list_runs(request: Request) -> Response:
@@ -96,16 +103,28 @@ async def list_runs(request: Request) -> Response:
     if not 1 <= limit <= 200:
         raise RequestError("bad_query", "limit must be between 1 and 200")
     caller = await request_caller(request)
-    rows = await request.app.state.runs.list(tenant=caller.tenant, status=status,
+    tenant = caller.scope
+    wanted = q.get("tenant")
+    if wanted is not None:
+        if not TENANT_RE.match(wanted):
+            raise RequestError("bad_query", "tenant must be a tenant name")
+        if tenant is not None and wanted != tenant:
+            # Another tenant's runs do not exist for this caller.
+            return JSONBytes(dump(RunPage(runs=[], next_before=None)))
+        tenant = wanted
+    rows = await request.app.state.runs.list(tenant=tenant, status=status,
                                              limit=limit, before=before)
     next_before = rows[-1].created_at if len(rows) == limit else None
-    page = RunPage(runs=[RunView.model_validate(r.to_dict()) for r in rows], next_before=next_before)
+    gate = request.app.state.backend.gate
+    views = [RunView.model_validate({**r.to_dict(), **({"result": None} if gate.withheld(r) else {})})
+             for r in rows]  # a result the delivery gate holds is nobody's to read yet
+    page = RunPage(runs=views, next_before=next_before)
     return JSONBytes(dump(page))
 
 
 async def cancel_run(request: Request) -> Response:
     caller = await request_caller(request)
-    rec = await request.app.state.runs.cancel(request.path_params["run_id"], tenant=caller.tenant)
+    rec = await request.app.state.runs.cancel(request.path_params["run_id"], tenant=caller.scope)
     return JSONBytes(dump(RunView.model_validate(rec.to_dict())))
 
 
@@ -117,8 +136,48 @@ async def resume_run(request: Request) -> Response:
                            status=422, field="value")
     caller = await request_caller(request)  # the body's schema is AnswerRequest (any JSON "value")
     rec = await request.app.state.runs.answer(request.path_params["run_id"], payload["value"],
-                                              tenant=caller.tenant)
+                                              tenant=caller.scope)
     return JSONBytes(dump(RunView.model_validate(rec.to_dict())), status_code=202)
+
+
+async def mint_ticket(request: Request) -> Response:
+    """A short-lived ticket for this run's SSE stream: EventSource cannot send headers, and a
+    long-lived token must never sit in a URL (logs, history, Referer)."""
+    caller = await request_caller(request)
+    run_id = request.path_params["run_id"]
+    await request.app.state.runs.get(run_id, tenant=caller.scope)  # another tenant's run is a 404
+    ticket, expires_in = await request.app.state.identity.mint_ticket(caller, run_id)
+    return JSONBytes(dump(Ticket(ticket=ticket, expires_in=expires_in, run_id=run_id)),
+                     headers={"Cache-Control": "no-store"})
+
+
+async def overview(request: Request) -> Response:
+    """The operator's view, as JSON (the viewer's Operations tab polls it)."""
+    state = request.app.state
+    view = await state.runs.overview()
+    view["backend"] = {"name": state.backend.name, "up": await state.bus.ping()}
+    rates = getattr(state, "live_rates", None)
+    if rates is not None:
+        view.update(rates.sample())
+    view["agents"] = state.registry.names()
+    view["ts"] = time.time()
+    return JSONBytes(view, headers={"Cache-Control": "no-store"})
+
+
+async def whoami(request: Request) -> Response:
+    caller = await request_caller(request)
+    return JSONBytes(dump(WhoAmI.model_validate(caller.describe())))
+
+
+async def revoke(request: Request) -> Response:
+    """Cut credentials off now: new requests get 401, open streams end (every process)."""
+    req: RevokeRequest = validate(RevokeRequest, await read_json(request))
+    if (req.sub is None) == (req.jti is None):
+        raise RequestError("invalid_request", 'give exactly one of "sub" and "jti"', status=422, field="body")
+    kind, value = ("sub", req.sub) if req.sub is not None else ("jti", req.jti)
+    assert value is not None
+    at = await request.app.state.identity.revoke(kind, value)
+    return JSONBytes(dump(Revoked(revoked={kind: value}, at=at)))
 
 
 async def list_agents(request: Request) -> Response:
@@ -130,9 +189,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    if not await request.app.state.bus.ping():
+    state = request.app.state
+    if not await state.bus.ping():
         raise RequestError("not_ready", "the event bus backend is unreachable", status=503)
-    return JSONBytes(dump(Health(status="ready")))
+    # Ready to take runs; runs of an agent no worker serves wait queued until one comes.
+    unserved = await state.runs.runner.unserved(state.registry.names())
+    return JSONBytes(dump(Health(status="ready", agents_without_workers=unserved)))
+
+
+async def metrics(request: Request) -> Response:
+    return Response(await request.app.state.metrics_view.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 def submit_schema(agents: list[dict[str, Any]]) -> dict[str, Any]:
@@ -165,27 +231,50 @@ operations: list[tuple[Any, Operation]] = [
         ok_status=202, ok_model=SubmitAccepted, ok_headers=("Location",), body=SubmitRequest,
         params=(Param("Idempotency-Key", "header", {"type": "string", "minLength": 1, "maxLength": 255},
                       "the same key returns the same run"),),
-        errors=(400, 404, 409, 413, 415, 422, 429), tags=RUNS)),
+        errors=(400, 404, 409, 413, 415, 422, 429), tags=RUNS, role=MEMBER)),
     (list_runs, Operation(
         "GET", "/runs", "Recent runs of the caller's tenant, newest first, paged",
         ok_model=RunPage,
         params=(Param("status", "query", {"type": "string", "enum": sorted(STATUSES)}),
                 Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
-                Param("before", "query", {"type": "number"}, "created_at of the last run of the previous page")),
-        errors=(400,), tags=RUNS)),
+                Param("before", "query", {"type": "number"}, "created_at of the last run of the previous page"),
+                Param("tenant", "query", {"type": "string"}, "an admin's filter (others see their own tenant only)")),
+        errors=(400,), tags=RUNS, role=VIEWER)),
     (get_run, Operation(
-        "GET", "/runs/{run_id}", "A run's snapshot: status, timestamps, result or error, log bounds",
-        ok_model=RunSnapshot, params=(RUN_ID,), errors=(404,), tags=RUNS)),
+        "GET", "/runs/{run_id}", "A run's snapshot: status, timestamps, result or error, log bounds "
+                                 "(ETag; 304 to a matching If-None-Match; ?wait= long-polls)",
+        ok_model=RunSnapshot, ok_headers=("ETag", "Retry-After"), also_ok=(304,),
+        also_ok_headers=("ETag", "Retry-After"),
+        params=(RUN_ID,
+                Param("If-None-Match", "header", {"type": "string"},
+                      "the ETag of the snapshot the client has: 304 while it is still current"),
+                Param("wait", "query", {"type": "number", "exclusiveMinimum": 0, "maximum": polling.MAX_WAIT_S},
+                      f"{polling.WAIT_DOC}. {polling.RETRY_AFTER_RULE}")),
+        errors=(400, 404), tags=RUNS, role=VIEWER)),
     (cancel_run, Operation(
         "POST", "/runs/{run_id}/cancel", "Cancel a run wherever it executes",
-        ok_model=RunView, params=(RUN_ID,), errors=(404, 409), tags=RUNS)),
+        ok_model=RunView, params=(RUN_ID,), errors=(404, 409), tags=RUNS, role=MEMBER)),
     (resume_run, Operation(
         "POST", "/runs/{run_id}/resume", "Answer a run waiting in interrupted",
         ok_status=202, ok_model=RunView, body=AnswerRequest, params=(RUN_ID,),
-        errors=(400, 404, 409, 413, 415, 422), tags=RUNS)),
+        errors=(400, 404, 409, 413, 415, 422), tags=RUNS, role=MEMBER)),
+    (mint_ticket, Operation(
+        "POST", "/runs/{run_id}/ticket", "A short-lived ticket that opens this run's SSE stream (for EventSource)",
+        ok_model=Ticket, params=(RUN_ID,), errors=(404,), tags=RUNS, role=VIEWER)),
     (list_agents, Operation("GET", "/agents", "The registered agents and their input schemas",
-                            ok_model=AgentList, tags=("agents",))),
+                            ok_model=AgentList, tags=("agents",), role=VIEWER)),
+    (overview, Operation("GET", "/admin/overview",
+                         "The operator's view: queue and running runs per tenant, workers per agent, backend",
+                         ok_schema={"type": "object"}, tags=("admin",), role=ADMIN)),
+    (whoami, Operation("GET", "/whoami", "The caller: tenant, subject, roles, credential expiry",
+                       ok_model=WhoAmI, tags=("auth",), role=AUTHENTICATED)),
+    (revoke, Operation("POST", "/admin/revoke", "Revoke a subject's credentials or one token (jti), now",
+                       ok_model=Revoked, body=RevokeRequest, errors=(400, 413, 415, 422), tags=("auth",),
+                       role=ADMIN)),
     (healthz, Operation("GET", "/healthz", "Liveness", ok_model=Health, tags=("meta",))),
     (readyz, Operation("GET", "/readyz", "Readiness: the backend is reachable", ok_model=Health,
                        tags=("meta",))),
+    (metrics, Operation("GET", "/metrics", "Prometheus metrics of every process of the deployment "
+                                           "(text format; also on --metrics-port, without auth)",
+                        ok_media="text/plain", ok_schema={"type": "string"}, tags=("meta",), role=ADMIN)),
 ]

@@ -20,12 +20,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .api_models import ErrorBody
+from .common import authorize
 
 REF = "#/components/schemas/{model}"
 
 # What each error status means across the API (the codes are in the error body).
 ERROR_MEANING = {
     400: "bad request: malformed JSON, a bad cursor or query",
+    401: "no credential (unauthenticated), a bad one (invalid_token) or an expired one (token_expired)",
+    403: "the caller's role does not allow this (forbidden)",
     404: "unknown run or agent (another tenant's run is unknown too)",
     409: "conflict with the run's state or an Idempotency-Key",
     410: "the cursor is older than the retained log, or the log expired",
@@ -62,6 +65,15 @@ class Operation:
     errors: tuple[int, ...] = ()
     tags: tuple[str, ...] = ()
     models: tuple[type[BaseModel], ...] = ()  # models ok_schema refers to by ref(...)
+    # The role a caller needs (None: open to anyone, e.g. /healthz). ``ticket``: a
+    # ``?ticket=`` may stand in for the credential (EventSource cannot send headers).
+    role: str | None = None
+    ticket: bool = False
+    also_ok: tuple[int, ...] = ()  # other success statuses (a cancel's 204 with ?wait=1)
+    also_ok_headers: tuple[str, ...] = ()  # headers of those (a 304's ETag and Retry-After)
+    # Other media types of the ok response: ((media, schema), ...) — an SSE route's
+    # ?format=json page is one route and one status, with two bodies.
+    ok_alt: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 def ref(model: type[BaseModel]) -> dict[str, str]:
@@ -80,7 +92,11 @@ class Api:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def operation(self, endpoint: Callable[[Request], Any], op: Operation) -> Route:
+        """The route serving ``op``; with a ``role``, the caller is checked before the
+        handler runs, so no handler can forget to (it reads ``request.state.caller``)."""
         self.operations.append(op)
+        if op.role is not None:
+            endpoint = _guarded(endpoint, op.role, op.ticket)
         return Route(op.path, endpoint, methods=[op.method])
 
     def document(self) -> dict[str, Any]:
@@ -99,12 +115,35 @@ class Api:
             "openapi": "3.1.0",
             "info": {"title": self.title, "version": self.version},
             "paths": paths,
-            "components": {"schemas": schemas},
+            "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
         }
+
+
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+    "ticket": {"type": "apiKey", "in": "query", "name": "ticket",
+               "description": "from POST /runs/{run_id}/ticket; opens that run's stream only"},
+}
+
+
+def _guarded(endpoint: Callable[[Request], Any], role: str, ticket: bool) -> Callable[[Request], Any]:
+    async def guarded(request: Request) -> Any:
+        await authorize(request, role, ticket=ticket)
+        return await endpoint(request)
+
+    guarded.__name__ = getattr(endpoint, "__name__", "endpoint")
+    return guarded
 
 
 def _describe(op: Operation, ref_of: dict[type[BaseModel], dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"summary": op.summary, "operationId": _operation_id(op)}
+    errors = set(op.errors)
+    if op.role is not None:
+        schemes = ["bearer", "apiKey", *(["ticket"] if op.ticket else [])]
+        out["security"] = [{name: []} for name in schemes]
+        out["x-role"] = op.role
+        errors |= {401, 403}
     if op.tags:
         out["tags"] = list(op.tags)
     if op.params:
@@ -120,14 +159,21 @@ def _describe(op: Operation, ref_of: dict[type[BaseModel], dict[str, Any]]) -> d
     ok: dict[str, Any] = {"description": op.summary}
     if ok_schema is not None:
         ok["content"] = {op.ok_media: {"schema": ok_schema}}
+        ok["content"].update({media: {"schema": schema} for media, schema in op.ok_alt})
     if op.ok_headers:
         ok["headers"] = {h: {"schema": {"type": "string"}} for h in op.ok_headers}
     responses: dict[str, Any] = {str(op.ok_status): ok}
-    for status in sorted({*op.errors, *COMMON_ERRORS}):
+    for status in op.also_ok:
+        responses[str(status)] = {"description": op.summary}
+        if op.also_ok_headers:
+            responses[str(status)]["headers"] = {h: {"schema": {"type": "string"}} for h in op.also_ok_headers}
+    for status in sorted({*errors, *COMMON_ERRORS}):
         err: dict[str, Any] = {"description": ERROR_MEANING[status],
                                "content": {"application/json": {"schema": ref_of[ErrorBody]}}}
         if status in (429, 503):
             err["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+        elif status == 401:
+            err["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
         responses[str(status)] = err
     out["responses"] = responses
     return out

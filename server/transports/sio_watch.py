@@ -21,15 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from ..backoff import Backoff
 from ..bus.base import Bus, CursorAhead, CursorExpired, LogLost, Subscription, UnknownLog, subscribe
 from ..config import Settings
+from ..auth import Session
 from .common import Caller
 from .engine import EngineSockets, SocketGone
 from .sio_protocol import PacketCache, reset_packet, run_end_packet, trimmed_packet
+
+if TYPE_CHECKING:
+    from ..observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ class Client:
     sid: str
     eio_sid: str
     caller: Caller
+    environ: Any = None  # the connect request's, for a ``refresh`` to be judged like the connect
+    session: Session | None = None  # ends the socket at its credential's exp or revocation
     watches: dict[str, Watch] = field(default_factory=dict)
     # socket.io runs each incoming event in its own task; this keeps one socket's
     # subscribe/unsubscribe taking effect in the order the client sent them.
@@ -63,12 +70,15 @@ class Watch:
     last: int  # the last seq queued to the socket
     task: asyncio.Task[None] | None = None
     done: bool = False
+    since: float = field(default_factory=time.time)  # events older than this are history to it
 
 
 class Delivery:
     """Owns every watch task of one Socket.IO server."""
 
-    def __init__(self, settings: Settings, engine: EngineSockets, bus: Callable[[], Bus]) -> None:
+    def __init__(self, settings: Settings, engine: EngineSockets, bus: Callable[[], Bus],
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics.transport("socketio") if metrics is not None else None
         self.queue_limit = settings.socketio_queue_limit
         self.send_timeout_s = settings.socketio_send_timeout_s
         self.engine = engine
@@ -77,7 +87,8 @@ class Delivery:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stats = {"cut_from_live": 0, "disconnected_slow": 0, "resets": 0}
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task this Delivery owns (``aclose`` waits for it)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -87,7 +98,9 @@ class Delivery:
         """Begin delivering. Called from a request handler: the task first runs after the
         handler returns, and socket.io queues the ack before that, so the ack comes first."""
         watch.client.watches[watch.run_id] = watch
-        watch.task = self._spawn(self._run(watch), name=f"sio-watch-{watch.run_id}")
+        if self.metrics is not None:
+            self.metrics.subscribers.inc()
+        watch.task = self.spawn(self._run(watch), name=f"sio-watch-{watch.run_id}")
 
     def drop(self, watch: Watch) -> None:
         """Stop delivering a run to a socket (unsubscribe, run end, reset, disconnect).
@@ -98,6 +111,8 @@ class Delivery:
         if watch.done:
             return
         watch.done = True
+        if self.metrics is not None and watch.task is not None:  # start()ed, so counted
+            self.metrics.subscribers.dec()
         client = watch.client
         if client.watches.get(watch.run_id) is watch:
             del client.watches[watch.run_id]
@@ -105,7 +120,7 @@ class Delivery:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
         # A task cancelled before it ever ran has no ``finally``: detach here, always.
-        self._spawn(self._release(watch, task), name=f"sio-release-{watch.run_id}")
+        self.spawn(self._release(watch, task), name=f"sio-release-{watch.run_id}")
 
     async def _release(self, watch: Watch, task: asyncio.Task[None] | None) -> None:
         if task is not None:
@@ -144,6 +159,8 @@ class Delivery:
                         watch.sub = await subscribe(self._bus(), run_id, watch.last)
                     async for batch in watch.sub:
                         await self._send(watch, self.cache.packets(batch, watch.batch))
+                        if self.metrics is not None:
+                            self.metrics.batch(batch, len(batch), watch.since)
                         watch.last = batch[-1].seq
                         ended = batch[-1].is_terminal  # its packets carry ``run_end``
                         backoff.reset()
@@ -211,6 +228,8 @@ class Delivery:
         client = watch.client
         low = self.queue_limit // 2
         self.stats["cut_from_live"] += 1
+        if self.metrics is not None:
+            self.metrics.drops.inc()
         log.info("socket %s cut from live run %s at seq %d (%d packets queued); it resyncs "
                  "from the log once below %d", client.sid, watch.run_id, watch.last, depth, low)
         loop = asyncio.get_running_loop()
@@ -220,6 +239,8 @@ class Delivery:
                 raise SocketGone
             if loop.time() >= deadline:
                 self.stats["disconnected_slow"] += 1
+                if self.metrics is not None:
+                    self.metrics.drops.inc()
                 log.warning("socket %s disconnected: its queue stayed above %d packets for %g s",
                             client.sid, low, self.send_timeout_s)
                 await self.engine.kick(client.eio_sid)

@@ -9,12 +9,18 @@ Protocol (DESIGN.md, "Socket.IO protocol"), default namespace, path ``/socket.io
                                    ack {ok: true, run_id, status, agent, events_url, room, created}
                        cancel_run  {run_id}              ack {ok: true, run: record}
                        resume_run  {run_id, value}       ack {ok: true, run: record} (interrupted runs)
+                       refresh     {token}               ack {ok: true, expires_at} (same tenant and sub)
     server -> client   event       one event, exactly the JSON of an SSE ``data:`` line
                        events      [event, ...]          instead of ``event`` when subscribed with
                                                          batch: true (up to 128 events, in order)
                        run_end     {run_id, status}      once, after the run's terminal event
                        reset       {run_id, reason, first_seq?, message?}   the log no longer holds
                                                          what this subscriber needs (contract item 6)
+                       auth_expiring {expires_at, in_s}  the credential ends soon: send ``refresh``
+                       auth_expired / auth_revoked {code, message}   then the server disconnects
+
+Credentials come in the connect ``auth`` payload (``{token}`` or ``{api_key}``); a refused
+connect is a ``connect_error`` whose data is ``{code, message}``.
 
 Errors are ``{ok: false, error: {code, message, ...}}`` with the HTTP API's codes (one
 mapping, ``common.api_error``). The ack of a request is sent before anything that request
@@ -32,16 +38,23 @@ is encoded once and each batch's packets are built once (``PacketCache``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Coroutine
+import time
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 import socketio
 
+from ..auth import EXPIRED, MEMBER, VIEWER, AuthError
+from ..auth.caller import invalid_token, token_expired
 from ..bus.base import subscribe
 from ..config import Settings
+from ..runs.service import NotFound
 from .common import RequestError, SubmitRequest, api_error, check_idempotency_key, identity_of, validate
 from .engine import EngineSockets, allow_packets_per_poll
 from .sio_protocol import OriginPolicy, batch_of, cursor_of, error, ok, one_object, run_id_of
 from .sio_watch import Client, Delivery, Watch
+
+if TYPE_CHECKING:
+    from ..observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +69,8 @@ class SocketIOTransport:
     from it lazily because the lifespan sets them after the app is built.
     """
 
-    def __init__(self, settings: Settings, state: Any = None) -> None:
+    def __init__(self, settings: Settings, state: Any = None,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.state = state
         allow_packets_per_poll(2 * settings.socketio_max_runs_per_socket + 16)
@@ -74,7 +88,7 @@ class SocketIOTransport:
         # Starlette Mount at /socket.io does the routing (see app.py).
         self.asgi = socketio.ASGIApp(self.sio, socketio_path=None)
         self.clients: dict[str, Client] = {}
-        self.delivery = Delivery(settings, EngineSockets(self.sio.eio), lambda: self.bus)
+        self.delivery = Delivery(settings, EngineSockets(self.sio.eio), lambda: self.bus, metrics)
         self._register()
 
     @property
@@ -106,7 +120,9 @@ class SocketIOTransport:
         self.sio.on("disconnect", self._on_disconnect)
         for name, handler in (("subscribe", self._subscribe), ("unsubscribe", self._unsubscribe),
                               ("start_run", self._start_run), ("cancel_run", self._cancel_run),
-                              ("resume_run", self._resume_run)):
+                              ("resume_run", self._resume_run), ("refresh", self._refresh),
+                              ("subscribe_context", self._subscribe_context),
+                              ("unsubscribe_context", self._unsubscribe_context)):
             self.sio.on(name, self._guarded(name, handler))
         self.sio.on("*", self._unknown_event)
 
@@ -134,13 +150,44 @@ class SocketIOTransport:
     async def _on_connect(self, sid: str, environ: Any = None, auth: Any = None, *_: Any) -> Any:
         if self._spoofed(sid):
             return error("unknown_event", "connect is a reserved event")
+        identity = identity_of(self.state)
         try:
-            caller = await identity_of(self.state).of_socket(environ or {}, auth)
-        except RequestError as exc:  # a missing or bad credential: the client sees connect_error
-            raise socketio.exceptions.ConnectionRefusedError(api_error(exc).body()) from None
+            caller = await identity.of_socket(environ or {}, auth)
+        except (AuthError, RequestError) as exc:  # a missing or bad credential: connect_error {code, message}
+            body = api_error(exc).body()
+            raise socketio.exceptions.ConnectionRefusedError(body["message"], body) from None
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
-        self.clients[sid] = Client(sid, eio_sid, caller)
+        client = Client(sid, eio_sid, caller, environ=environ or {})
+        client.session = identity.sessions.open(
+            caller, lambda why: self._credential_ended(client, why),
+            lambda exp: self.delivery.spawn(self._warn_expiring(client, exp), name="sio-auth-expiring"))
+        self.clients[sid] = client
         return None
+
+    def _credential_ended(self, client: Client, why: str) -> None:
+        """At exp (no refresh came) or on revocation: nothing more of any run, say why, close."""
+        if client.gone:
+            return
+        self._forget(client)
+        body = ({"code": "token_expired", "message": "the credential expired; reconnect with a new one"}
+                if why == EXPIRED else {"code": "revoked", "message": "the credential was revoked"})
+        self.delivery.spawn(self._say_and_close(client.sid, why, body), name="sio-auth-end")
+
+    async def _say_and_close(self, sid: str, event: str, body: dict[str, Any]) -> None:
+        try:
+            await self.sio.emit(event, body, to=sid)
+            await self.sio.disconnect(sid)  # queued after the emit: the client reads why first
+        except Exception:  # noqa: BLE001 - the socket may be gone already
+            log.debug("closing socket %s after %s", sid, event, exc_info=True)
+
+    async def _warn_expiring(self, client: Client, exp: float) -> None:
+        if client.gone:
+            return
+        try:
+            await self.sio.emit("auth_expiring", {"expires_at": exp, "in_s": round(max(0.0, exp - time.time()), 1)},
+                                to=client.sid)
+        except Exception:  # noqa: BLE001
+            log.debug("auth_expiring to %s", client.sid, exc_info=True)
 
     async def _on_disconnect(self, sid: str, reason: Any = None, *_: Any) -> Any:
         if self._spoofed(sid):
@@ -152,18 +199,24 @@ class SocketIOTransport:
 
     def _forget(self, client: Client) -> None:
         client.gone = True
+        if client.session is not None:
+            client.session.close()
         for watch in list(client.watches.values()):
             self.delivery.drop(watch)
 
     async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         shown = repr(event)[:60]
         return error("unknown_event", f"unknown event {shown}; events are subscribe, "
-                                      "unsubscribe, start_run, cancel_run and resume_run")
+                                      "unsubscribe, start_run, cancel_run, resume_run and refresh")
 
-    def _client(self, sid: str) -> Client:
+    def _client(self, sid: str, role: str = VIEWER) -> Client:
+        """The socket's client, if its credential is still good and its role allows ``role``."""
         client = self.clients.get(sid)
         if client is None:
             raise RequestError("not_connected", "this socket is not connected")
+        if client.caller.expired():  # its timer is about to end the socket; refuse meanwhile
+            raise token_expired()
+        client.caller.require(role)
         return client
 
     # ----------------------------------------------------------------- handlers
@@ -175,7 +228,7 @@ class SocketIOTransport:
         batch = batch_of(payload)
         client = self._client(sid)
         async with client.lock:
-            snapshot = await self.runs.snapshot(run_id, tenant=client.caller.tenant)
+            snapshot = await self.runs.snapshot(run_id, tenant=client.caller.scope)
             limit = self.settings.socketio_max_runs_per_socket
             if run_id not in client.watches and len(client.watches) >= limit:
                 raise RequestError("too_many_subscriptions", f"a socket may watch at most {limit} "
@@ -193,6 +246,50 @@ class SocketIOTransport:
             body["first_seq"] = sub.trimmed_from
         return ok(**body)
 
+    async def _context_log(self, client: Any, payload: dict[str, Any]) -> tuple[str, str, Any]:
+        key = payload.get("key")
+        if not isinstance(key, str) or not 0 < len(key) <= 200:
+            raise RequestError("invalid_request", "key must be a context key (1-200 characters)", status=422,
+                               field="key")
+        gate = self.state.backend.gate
+        rec = await gate.contexts.get(client.caller.tenant, key)
+        if rec is None:
+            raise NotFound(f"unknown context {key!r}")
+        return key, await gate.log_of(rec), rec
+
+    async def _subscribe_context(self, sid: str, *args: Any) -> dict[str, Any]:
+        """The context's INBOX (what finished while nobody watched), then its live events."""
+        payload = one_object(args)
+        client = self._client(sid)
+        async with client.lock:
+            key, log_id, rec = await self._context_log(client, payload)
+            after = cursor_of(payload)
+            if after is None:  # live from now, after the inbox
+                bounds = await self.bus.bounds(log_id)
+                after = bounds.last_seq if bounds is not None else 0
+            sub = await subscribe(self.bus, log_id, after)  # watching it from here: not unwatched
+            if client.gone:
+                await sub.aclose()
+                raise RequestError("not_connected", "this socket disconnected")
+            old = client.watches.get(log_id)
+            if old is not None:
+                self.delivery.drop(old)
+            rec = await self.state.backend.gate.contexts.get(client.caller.tenant, key) or rec
+            inbox = {"ns": "INBOX", "key": key, "data": {"key": key, "entries": rec.inbox}}
+            # After the ack (tasks run once the handler returned), before any live event.
+            self.delivery.spawn(self.sio.emit("event", inbox, to=sid), name=f"sio-inbox-{key}")
+            self.delivery.start(Watch(client, log_id, sub, batch_of(payload), last=sub.last))
+        return ok(context=self.state.backend.gate.view(rec))
+
+    async def _unsubscribe_context(self, sid: str, *args: Any) -> dict[str, Any]:
+        client = self._client(sid)
+        async with client.lock:
+            key, log_id, _ = await self._context_log(client, one_object(args))
+            watch = client.watches.get(log_id)
+            if watch is not None:
+                self.delivery.drop(watch)
+        return ok(key=key, was_subscribed=watch is not None)
+
     async def _unsubscribe(self, sid: str, *args: Any) -> dict[str, Any]:
         run_id = run_id_of(one_object(args))
         client = self._client(sid)
@@ -205,18 +302,20 @@ class SocketIOTransport:
 
     async def _start_run(self, sid: str, *args: Any) -> dict[str, Any]:
         payload = dict(one_object(args))
-        client = self._client(sid)
+        client = self._client(sid, MEMBER)
         idem = check_idempotency_key(payload.pop("idempotency_key", None), "idempotency_key")
         req: SubmitRequest = validate(SubmitRequest, payload)
         rec, created = await self.runs.submit(req.agent, req.input, metadata=req.metadata,
-                                              tenant=client.caller.tenant, idempotency_key=idem)
+                                              context=req.context.model_dump() if req.context else None,
+                                              tenant=client.caller.tenant, sub=client.caller.sub,
+                                              idempotency_key=idem)
         return ok(run_id=rec.run_id, status=rec.status, agent=rec.agent,
                   events_url=f"/runs/{rec.run_id}/events", room=f"run:{rec.run_id}", created=created)
 
     async def _cancel_run(self, sid: str, *args: Any) -> dict[str, Any]:
         run_id = run_id_of(one_object(args))
-        client = self._client(sid)
-        rec = await self.runs.cancel(run_id, tenant=client.caller.tenant)
+        client = self._client(sid, MEMBER)
+        rec = await self.runs.cancel(run_id, tenant=client.caller.scope)
         return ok(run=rec.to_dict())
 
     async def _resume_run(self, sid: str, *args: Any) -> dict[str, Any]:
@@ -225,5 +324,21 @@ class SocketIOTransport:
         run_id = run_id_of(payload)
         if "value" not in payload:
             raise RequestError("bad_request", 'resume_run needs a "value" (the answer)')
-        rec = await self.runs.answer(run_id, payload["value"], tenant=self._client(sid).caller.tenant)
+        client = self._client(sid, MEMBER)
+        rec = await self.runs.answer(run_id, payload["value"], tenant=client.caller.scope)
         return ok(run=rec.to_dict())
+
+    async def _refresh(self, sid: str, *args: Any) -> dict[str, Any]:
+        """A new credential before the old one expires: ``{token}`` (or ``{api_key}``)."""
+        payload = one_object(args)
+        client = self.clients.get(sid)
+        if client is None:
+            raise RequestError("not_connected", "this socket is not connected")
+        fresh = await identity_of(self.state).of_socket(client.environ, dict(payload))
+        old = client.caller
+        if (fresh.tenant, fresh.sub) != (old.tenant, old.sub):
+            raise invalid_token("a refresh must be a credential of the same tenant and subject")
+        client.caller = fresh
+        if client.session is not None:
+            client.session.renew(fresh)
+        return ok(expires_at=fresh.exp)

@@ -8,7 +8,8 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 
 # "journaled" is the embedded default: the memory bus behind its on-disk journal.
-BACKENDS = ["memory", "journaled", "redis"]
+# "redis-cluster": a local Redis Cluster of three masters and three replicas.
+BACKENDS = ["memory", "journaled", "redis", "redis-cluster"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -44,7 +45,8 @@ def make_bus(backend_name: str, request: pytest.FixtureRequest) -> Callable[...,
             from server.backends import redis_connection
             from server.bus.redis import RedisBus
 
-            server = request.getfixturevalue("redis_server")
+            server = request.getfixturevalue(
+                "redis_cluster" if backend_name == "redis-cluster" else "redis_server")
             # A fresh key prefix per test: tests never see each other's keys.
             async with redis_connection(server.url, outage_s=10.0) as ops, RedisBus(
                     ops, prefix=f"t{uuid.uuid4().hex[:8]}", max_events=max_events,
@@ -62,11 +64,12 @@ def make_runs(backend_name: str, make_bus: Callable[..., Any], request: pytest.F
     @contextlib.asynccontextmanager
     async def factory() -> AsyncIterator[tuple[Any, Any]]:
         async with make_bus() as bus:
-            if backend_name == "redis":
+            if backend_name in ("redis", "redis-cluster"):
                 from server.backends import redis_connection
                 from server.runs.redis_store import RedisRunStore
 
-                url = request.getfixturevalue("redis_server").url
+                url = request.getfixturevalue("redis_cluster" if backend_name == "redis-cluster"
+                                              else "redis_server").url
                 async with redis_connection(url, outage_s=10.0) as ops:
                     yield bus, RedisRunStore(ops, prefix=bus.prefix)
             else:

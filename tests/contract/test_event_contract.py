@@ -169,18 +169,24 @@ async def test_slow_subscriber_is_dropped_and_resyncs_without_slowing_others(mak
                     slow_seqs.extend(e.seq for e in batch)
                     await asyncio.sleep(0.05)  # a client that reads 20 batches a second
 
+        slow_at_fast_end: list[int] = []
+
         async def read_fast():
             async with fast:
                 async for batch in fast:
                     fast_seqs.extend(e.seq for e in batch)
+            # Measured the moment the fast reader has it all (not after a wait on a loaded machine).
+            slow_at_fast_end.append(len(slow_seqs))
             fast_done.set()
 
         ts = asyncio.create_task(read_slow())
         tf = asyncio.create_task(read_fast())
-        await produce(bus, run, 2000, pause_every=50)
+        # Pauses more often than the 16-event buffer fills: the fast reader keeps up (it is
+        # never cut from live itself), the slow one cannot.
+        await produce(bus, run, 2000, pause_every=8)
         slow_when_produced = len(slow_seqs)
         await asyncio.wait_for(fast_done.wait(), 30)
-        slow_when_fast_done = len(slow_seqs)
+        slow_when_fast_done = slow_at_fast_end[0]
         await asyncio.wait_for(ts, 60)
         await tf
         assert fast_seqs == list(range(1, 2003))
@@ -237,3 +243,50 @@ async def test_unknown_run_has_no_log(make_bus):
         assert await bus.bounds(rid()) is None
         with pytest.raises(UnknownLog):
             await subscribe(bus, rid(), 0)
+
+
+# --------------------------------------------------------------------------- emit (batched appends)
+
+
+async def test_emitted_events_are_the_log_in_order_and_live_watchers_see_each_once(make_bus):
+    """Items 1-3 hold for ``emit`` (a run's chunks, written in batches on Redis): a burst of
+    emits interleaved with appends lands contiguous and in call order, and a watcher that
+    joined mid-burst gets every event exactly once."""
+    async with make_bus() as bus:
+        run = rid()
+        await bus.append(run, STATUS, "server", {"state": "running"})
+        watcher = asyncio.create_task(collect(bus, run, 0))
+        for i in range(600):
+            if i % 97 == 0:
+                await bus.append(run, "STEP", "graph", {"i": i})
+            else:
+                await bus.emit(run, "THOUGHT", "planner", {"i": i})
+            if i == 300:
+                late = asyncio.create_task(collect(bus, run, None))
+                await asyncio.sleep(0)
+        await bus.append(run, STATUS, "server", {"state": "succeeded"})
+        await bus.flush()
+        events = await bus.read(run, 0)
+        assert [e.seq for e in events] == list(range(1, 603))
+        assert [e.data.get("i") for e in events[1:-1]] == list(range(600))
+        assert await asyncio.wait_for(watcher, 20) == list(range(1, 603))
+        seen = await asyncio.wait_for(late, 20)
+        assert seen == list(range(seen[0], 603)) and seen[0] <= 303
+        if hasattr(bus, "batches"):  # Redis: far fewer round trips than events
+            assert bus.batches < 600, bus.batches
+
+
+async def test_emit_after_the_end_is_refused_by_the_runs_next_call(make_bus):
+    """An emit never lands after the terminal event; the run hears LogClosed at its next
+    emit or flush (the batch failed after the call returned)."""
+    from server.observability.logs import run_context
+
+    async with make_bus() as bus:
+        run = rid()
+        await produce(bus, run, 3, pause_every=0)
+        with pytest.raises(LogClosed), run_context(run, "default", "planner"):
+            await bus.emit(run, "THOUGHT", "planner", {"late": True})
+            await bus.flush()
+        await bus.flush()
+        events = await bus.read(run, 0)
+        assert len(events) == 4 and events[-1].is_terminal

@@ -139,3 +139,46 @@ async def test_curl_example_starts_and_watches_a_run(client: httpx.AsyncClient, 
     assert '"state":"succeeded"' in last_data
     snap = await wait_finished(client, run_id)
     assert f"id: {snap['last_seq']}" in out
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+async def test_secure_curl_example() -> None:
+    """examples/05_secure_curl.sh (the README's "Secure it"): a JWT starts and watches a run, a ticket re-opens it."""
+    secret = "example-secret-" + os.urandom(16).hex()
+    env = {"THOUGHTSTREAM_AUTH": "jwt", "THOUGHTSTREAM_JWT_SECRET": secret, "THOUGHTSTREAM_JOURNAL": "false"}
+    with ServerProcess(env=env) as server:
+        code, out = await run_script("bash", str(EXAMPLES / "05_secure_curl.sh"),
+                                     env={"BASE": server.url, "THOUGHTSTREAM_JWT_SECRET": secret,
+                                          "PYTHON": sys.executable})
+    assert code == 0, out
+    assert '"code":"unauthenticated"' in out
+    assert '"tenant":"acme","sub":"alice"' in out
+    ends = [line for line in out.splitlines() if line.startswith("data: ") and '"ns":"STATUS"' in line]
+    assert len(ends) == 2 and all('"state":"succeeded"' in line for line in ends), out
+    assert secret not in out
+
+
+@pytest.mark.parametrize("cut", [2, 5, 9])
+async def test_langgraph_sdk_example_rejoins_exactly(main_server: ServerProcess, cut: int) -> None:
+    """The official langgraph-sdk, cut after `cut` events and rejoined with last_event_id, gets
+    exactly the replay of the whole run."""
+    code, out = await run_script(sys.executable, str(EXAMPLES / "06_langgraph_sdk.py"), "--url", main_server.url,
+                                 "--cut", str(cut))
+    assert code == 0, out
+    assert "exact, nothing missing or repeated" in out, out
+    assert "thread: idle" in out, out
+
+
+async def test_polling_client_example(client: httpx.AsyncClient, main_server: ServerProcess) -> None:
+    """examples/07_polling_client.py: 304s while a run naps (long-polls of 1 s, Retry-After as backoff),
+    then the result, and every event of the log paged as JSON."""
+    code, out = await run_script(sys.executable, str(EXAMPLES / "07_polling_client.py"), "--url", main_server.url,
+                                 "--agent", "napper", "--input", '{"nap_s": 3}', "--wait", "1")
+    assert code == 0, out
+    assert re.search(r"^304 not modified \(held 1\.\d+s\); Retry-After \d+s$", out, re.M), out
+    run_id = re.search(r"started run (\w+)", out).group(1)
+    summary = re.search(rf"run {run_id} succeeded: (\d+) polls, (\d+) of them 304, (\d+) events paged", out)
+    assert summary, out
+    snap = await wait_finished(client, run_id)
+    assert int(summary.group(3)) == snap["last_seq"] == len(await full_log(client, run_id))
+    assert '"woke": true' in out

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from server import redis_keys
 from tests.integration.test_redis_topology import assert_exact, read_sse, start_run
 from tests.integration.test_socketio import Watcher
 from tests.support import redis_topology
@@ -124,7 +125,8 @@ async def test_redis_restarted_empty_mid_run_is_honest_everywhere(empty_on_resta
     # The same seqs never name other events: the worker appends nothing to the lost run.
     await asyncio.sleep(3)
     r = redis_sync.Redis(port=redis.port)
-    assert not r.exists(f"ts:run:{run_id}:log", f"ts:run:{run_id}:meta", f"ts:run:{run_id}"), \
+    lost = (redis_keys.run_log("ts", run_id), redis_keys.run_meta("ts", run_id), redis_keys.run("ts", run_id))
+    assert not r.exists(*lost), \
         "a write re-created the lost run's log or record"
 
     # No 5xx anywhere: the lost run is a 404 on every endpoint of every API process.

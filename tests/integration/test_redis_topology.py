@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from server import redis_keys
 from tests.integration.test_socketio import Watcher
 from tests.support import ServerProcess, redis_topology, wait_workers
 
@@ -257,7 +258,7 @@ async def test_killed_worker_run_fails_when_attempts_are_used_up(topology):
     for name in ("w1", "w2"):
         procs[name].stop()
     env = {**procs["w1"].env, "THOUGHTSTREAM_MAX_ATTEMPTS": "1"}
-    before = len(redis_sync.Redis(port=redis.port).xinfo_consumers("ts:queue", "workers"))
+    before = len(redis_sync.Redis(port=redis.port).xinfo_consumers(redis_keys.queue("ts"), "workers"))
     procs["w1"] = ServerProcess(command="worker", env=env).start()
     procs["w2"] = ServerProcess(command="worker", env=env).start()
     await asyncio.to_thread(wait_workers, redis, before + 2)
@@ -283,7 +284,7 @@ async def test_redis_away_past_the_outage_allowance_then_back(topology):
     for name in ("w1", "w2"):
         procs[name].stop()
     env = {**procs["w1"].env, "THOUGHTSTREAM_REDIS_OUTAGE_S": "1"}
-    before = len(redis_sync.Redis(port=redis.port).xinfo_consumers("ts:queue", "workers"))
+    before = len(redis_sync.Redis(port=redis.port).xinfo_consumers(redis_keys.queue("ts"), "workers"))
     procs["w1"] = ServerProcess(command="worker", env=env).start()
     await asyncio.to_thread(wait_workers, redis, before + 1)
     run_id = start_run(procs["api1"], {"question": "What is the capital of Australia?"})
@@ -295,3 +296,28 @@ async def test_redis_away_past_the_outage_allowance_then_back(topology):
     assert events[-1]["data"]["state"] in ("succeeded", "failed")
     if events[-1]["data"]["state"] == "succeeded":
         assert any(e["data"].get("state") == "resumed" for e in events)
+
+
+async def test_a_retried_batch_is_applied_once(redis_server) -> None:
+    """The append script takes a batch whose reply was lost again (same writer, same token)
+    as done: the same seqs come back, nothing is logged twice - even when another writer
+    appended in between."""
+    import uuid as _uuid
+
+    from server.backends import redis_connection
+    from server.bus.redis import RedisBus
+
+    prefix = f"t{_uuid.uuid4().hex[:8]}"
+    async with redis_connection(redis_server.url, outage_s=5.0) as ops, RedisBus(
+            ops, prefix=prefix, max_events=1000, ttl_s=60, subscriber_buffer=64) as bus, RedisBus(
+            ops, prefix=prefix, max_events=1000, ttl_s=60, subscriber_buffer=64) as elsewhere:
+        run = _uuid.uuid4().hex
+        heads = [b'{"run_id":"%s","ns":"THOUGHT","agent":"a","data":{"i":%d},"ts":1.0,"seq":' % (run.encode(), i)
+                 for i in range(3)]
+        first = await bus._write_batch(run, heads, False, "tok-1")
+        other = await elsewhere.append(run, "THOUGHT", "b", {"other": True})  # another process's
+        again = await bus._write_batch(run, heads, False, "tok-1")
+        assert (first, again, other.seq) == (1, 1, 4)
+        events = await bus.read(run, 0)
+        assert [e.seq for e in events] == [1, 2, 3, 4]
+        assert [e.data for e in events] == [{"i": 0}, {"i": 1}, {"i": 2}, {"other": True}]

@@ -377,7 +377,9 @@ async def test_batch_mode_sends_lists_of_events(main: ServerProcess) -> None:
     await after.wait_end(run)
     check_suffix(after.events[run], log, 0)
     sizes = [n for kind, n in after.stream if kind == "events"]
-    assert len(log) > 128 and sizes[0] == 128 and sum(sizes) == len(log)
+    # At most 128 per message; a catch-up of more arrives as several lists (the history is
+    # read in pages, a small first one so the first events leave at once).
+    assert len(log) > 128 and max(sizes) <= 128 and len(sizes) >= 2 and sum(sizes) == len(log)
     for w in (live, mid, after):
         await w.close()
 

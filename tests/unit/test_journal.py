@@ -5,6 +5,7 @@ Counted, not timed: which logs are in memory, what the disk keeps, what a reader
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 
@@ -120,3 +121,36 @@ async def test_restart_reloads_only_live_logs_and_backfills_an_old_journal(tmp_p
         assert await drain(bus, "done", 0) == [1, 2, 3, 4, 5]
         assert await drain(bus, "old", None) == [1, 2]
         assert (await bus.append("live", "THOUGHT", "a", {})).seq == 2  # the live log goes on
+
+
+async def test_a_flush_waits_for_the_commit_that_holds_what_was_handed_over_and_no_longer(tmp_path) -> None:
+    """The checkpoint barrier's wait: counted in commits (the writer's thread hops), not timed."""
+    async with Journal(tmp_path / "j.sqlite") as journal:
+        commits = 0
+        commit = journal._commit
+
+        def counted(*args):
+            nonlocal commits
+            commits += 1
+            return commit(*args)
+
+        journal._commit = counted
+        await journal.flush()  # nothing handed over: no commit at all
+        assert commits == 0
+        journal.put_event(Event("r", 1, STATUS, "server", {"state": "running"}, time.time()))
+        await journal.flush()
+        assert commits == 1
+        await journal.flush()  # everything is kept already
+        assert commits == 1
+        # Flushes asked while one group commits, with nothing new handed over, wait for that
+        # group only; with more handed over, for the next one too, and it holds it.
+        journal.put_event(Event("r", 2, "THOUGHT", "a", {"i": 0}, time.time()))
+        await asyncio.sleep(0)  # the writer takes the group
+        first = asyncio.ensure_future(journal.flush())
+        journal.put_event(Event("r", 3, "THOUGHT", "a", {"i": 1}, time.time()))
+        second = asyncio.ensure_future(journal.flush())
+        await first
+        await second
+        assert commits == 3
+        with sqlite3.connect(tmp_path / "j.sqlite") as conn:
+            assert conn.execute("SELECT MAX(seq) FROM events").fetchone() == (3,)

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from server.bus.base import BackendUnavailable, BusError, CursorAhead, CursorExpired, LogClosed, UnknownLog
 from server.events import Event
 from server.runs.service import Busy, Conflict, NotFound
-from server.transports.common import (DEFAULT_TENANT, LOCAL_CALLER, NoAuth, RequestError, SubmitRequest,
+from server.transports.common import (DEFAULT_TENANT, LOCAL_CALLER, RequestError, SubmitRequest,
                                       api_error, parse_seq, validate)
 from server.transports.sio_protocol import BATCH_MAX, PacketCache, cursor_of, reset_packet
 
@@ -98,7 +98,9 @@ def test_request_models_name_the_bad_field() -> None:
 
 
 async def test_without_auth_every_caller_is_the_default_tenant() -> None:
-    auth = NoAuth()
+    from server.auth import Authenticator
+
+    auth = Authenticator(mode="none")
     assert await auth.of_socket({}, None) == LOCAL_CALLER
     assert LOCAL_CALLER.tenant == DEFAULT_TENANT
 
