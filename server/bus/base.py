@@ -291,13 +291,14 @@ class Subscription:
     async def aclose(self) -> None:
         if self._attached:
             self._attached = False
-            await self.bus.detach(self.run_id, self._sink)
-            token, self._presence = getattr(self, "_presence", None), None
+            token, self._presence = self._presence, None
             if token is not None:
-                # Not awaited: a reader being cancelled (a client gone mid-stream, whose
-                # clean-up is cancelled again at every await) must still stop counting as a
-                # watcher now, and the rest of its clean-up must still run.
+                # First, and not awaited: a reader being cancelled (a client gone mid-stream,
+                # whose clean-up is cancelled again at every await, as sse-starlette's task
+                # group does) must stop counting as a watcher now, whatever happens to the
+                # awaits after this one (the detach below may await an unsubscribe).
                 self.bus.presence.leave_soon(token)
+            await self.bus.detach(self.run_id, self._sink)
 
     async def __aenter__(self) -> Subscription:
         return self

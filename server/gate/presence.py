@@ -104,6 +104,11 @@ class RedisPresence:
             await self._put({room: [member]})
         except Exception:  # noqa: BLE001 - a watcher is never refused for this; the refresh retries
             log.debug("presence of %s not recorded yet", room, exc_info=True)
+        except BaseException:
+            # Cancelled (the client left while entering): nobody holds the token to leave
+            # with, so leave here; the ZADD may have landed, and the refresh would keep it.
+            self.leave_soon(token)
+            raise
         return token
 
     def leave_soon(self, token: tuple[str, int]) -> None:
@@ -160,3 +165,24 @@ class RedisPresence:
                     await self._put(rooms)
                 except Exception:  # noqa: BLE001 - next round
                     log.debug("presence refresh failed", exc_info=True)
+                await self._forget_left(rooms)
+
+    async def _forget_left(self, rooms: dict[str, list[str]]) -> None:
+        """A watcher that left while the refresh was on its way: its ZREM may have landed
+        before the refresh's ZADD put it back for another ``ttl_s``. Remove it again."""
+        live = set(self._mine.values())
+        gone = {room: [m for m in members if m not in live] for room, members in rooms.items()}
+        gone = {room: members for room, members in gone.items() if members}
+        if not gone:
+            return
+
+        async def op() -> None:
+            async with self.ops.client.pipeline(transaction=False) as p:
+                for room, members in gone.items():
+                    p.zrem(self.key(room), *members)
+                await p.execute()
+
+        try:
+            await self.ops.call(op)
+        except Exception:  # noqa: BLE001 - they stop counting at their expiry anyway
+            log.debug("presence clean-up after a refresh failed", exc_info=True)

@@ -45,15 +45,31 @@ from .test_gate import (
 
 
 @pytest.fixture(scope="module")
-def topo() -> Iterator[dict[str, ServerProcess]]:
+def deployment() -> Iterator[tuple[Any, dict[str, ServerProcess]]]:
     env = {
         "THOUGHTSTREAM_AGENTS": json.dumps([f"{k}={v}" for k, v in AGENTS.items()]),
         "THOUGHTSTREAM_SSE_PING_S": "0.5",
         "THOUGHTSTREAM_MAX_CONCURRENT_RUNS": "32",
         "THOUGHTSTREAM_SOCKETIO_PING_INTERVAL_S": "2",
     }
-    with redis_topology(["api1", "api2"], ["w1"], env, durable=False) as (_redis, procs):
-        yield procs
+    with redis_topology(["api1", "api2"], ["w1"], env, durable=False) as deployment:
+        yield deployment
+
+
+@pytest.fixture(scope="module")
+def topo(deployment: tuple[Any, dict[str, ServerProcess]]) -> dict[str, ServerProcess]:
+    return deployment[1]
+
+
+async def presence_members(redis_url: str) -> dict[str, int]:
+    """Every presence room in Redis with its member count (expired or not)."""
+    from redis.asyncio import Redis
+
+    r = Redis.from_url(redis_url)
+    try:
+        return {k.decode(): int(await r.zcard(k)) async for k in r.scan_iter(match="*:presence:*")}
+    finally:
+        await r.aclose()
 
 
 @pytest.fixture
@@ -99,6 +115,22 @@ async def leave_mid_run(c1: httpx.AsyncClient, key: str, rid: str, watch: str) -
         async with ctx_stream(c1, key):
             await run_stream()
     assert (await snap(c1, rid))["status"] == "running"
+
+
+@pytest.mark.parametrize("watch", ["context", "run", "both", "socketio"])
+async def test_a_watcher_that_disconnects_leaves_its_rooms_at_once(
+        deployment: tuple[Any, dict[str, ServerProcess]], c1: httpx.AsyncClient, watch: str) -> None:
+    """Presence is gone as soon as the client is (not at its 30 s expiry), whichever way the
+    stream's clean-up runs: sse-starlette cancels the context stream's body at every await."""
+    for _ in range(3):
+        key = uid()
+        rid = await submit(c1, "ticker", ticks(40, 0.05), ctx(key, "v1"))
+        await leave_mid_run(c1, key, rid, watch)
+        async def empty() -> bool:
+            return not any((await presence_members(deployment[0].url)).values())
+
+        await wait_until(empty, "every presence room empty after the watcher left", timeout=3)
+        await finished(c1, rid)
 
 
 @pytest.mark.parametrize("watch", ["context", "run", "both", "socketio"])

@@ -12,6 +12,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from server.transports import polling
 from tests.support import ServerProcess
 
 from .conftest import agent_flags, start_server
@@ -64,9 +65,14 @@ def test_schemathesis_finds_no_failure(fuzzed_server: ServerProcess, tmp_path: P
     # One worker thread: hypothesis describes strategies with ast.parse, which CPython 3.11
     # breaks when two threads parse at once ("SystemError: AST constructor recursion depth
     # mismatch" — a crash of the fuzzer, not a finding; it failed CI once).
+    # A long-poll (``?wait=`` up to MAX_WAIT_S with a matching If-None-Match) is answered
+    # when the wait is over: the client's timeout must outlast it (schemathesis' default,
+    # 10 s, read a documented 15 s wait as a network error once in CI).
+    request_timeout = polling.MAX_WAIT_S + 30
     proc = subprocess.run(
         [cli, "run", fuzzed_server.url + "/openapi.json", "--checks", CHECKS,
          "--max-time", os.environ.get("TS_FUZZ_SECONDS", "40"), "--workers", "1",
+         "--request-timeout", f"{request_timeout:g}",
          "--generation-deterministic", "--suppress-health-check", "all"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
