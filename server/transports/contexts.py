@@ -10,7 +10,6 @@ import time
 from typing import Any, AsyncIterator
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -21,7 +20,8 @@ from ..runs.service import Conflict, NotFound
 from .common import api_error, request_caller, validate
 from .http import JSONBytes, read_json
 from .openapi import Operation, Param
-from .sse import CURSOR, CredentialEnded, RETRY_MS, ended_frame, frame, parse_cursor, ping_comment, reset_frame
+from .sse import CURSOR, PING, CredentialEnded, RETRY_MS, Pings, ended_frame, frame, parse_cursor, reset_frame
+from .sse_response import LeanEventSourceResponse
 
 
 class NotHeld(Conflict):
@@ -101,14 +101,18 @@ async def context_events(request: Request) -> Response:
         after = bounds.last_seq if bounds is not None else 0
     sub = await subscribe(request.app.state.bus, log, after, attach=False)
     state = request.app.state
-    return EventSourceResponse(
-        _frames(sub, key, gate, caller, state),
+    pings = Pings(sub)
+    # The run stream's response: the body runs in the request's task and is never cancelled
+    # from outside (a client leaving stops the subscription), so its clean-up runs whole.
+    return LeanEventSourceResponse(
+        _frames(sub, key, gate, caller, state, pings),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        ping=state.settings.sse_ping_s, ping_message_factory=ping_comment, sep="\n",
-        send_timeout=state.settings.sse_send_timeout_s)
+        ping_period=state.settings.sse_ping_s, on_ping=pings.due_now, interrupt=sub.stop,
+        sep="\n", send_timeout=state.settings.sse_send_timeout_s)
 
 
-async def _frames(sub: Any, key: str, gate: Any, caller: Caller, state: Any) -> AsyncIterator[bytes]:
+async def _frames(sub: Any, key: str, gate: Any, caller: Caller, state: Any,
+                  pings: Pings) -> AsyncIterator[bytes]:
     session = state.identity.sessions.open(caller, lambda why: sub.stop(CredentialEnded(why)))
     try:
         await sub.open()  # watching the context from here on: an ending now is not unwatched
@@ -117,7 +121,11 @@ async def _frames(sub: Any, key: str, gate: Any, caller: Caller, state: Any) -> 
         yield b"retry: %d\n\nevent: INBOX\ndata: %s\n\n" % (RETRY_MS, dumps({"key": key, "entries": inbox}))
         try:
             async for batch in sub:
-                yield b"".join(map(frame, batch))
+                if pings.due:
+                    pings.due = False
+                    yield PING
+                if batch:
+                    yield b"".join(map(frame, batch))
         except (CursorExpired, UnknownLog) as exc:
             body = api_error(exc).reset(sub.run_id)
             del body["run_id"]

@@ -125,7 +125,7 @@ async def stream_events(request: Request) -> Response:
         return await polling.events_page(request, run_id, after, ns_filter)
     sub = await subscribe(app_state.bus, run_id, after, attach=False)  # cursor errors: 400 / 410
     settings = app_state.settings
-    pings = _Pings(sub)
+    pings = Pings(sub)
     return LeanEventSourceResponse(
         _frames(sub, ns_filter, app_state.identity.sessions, caller, app_state.metrics.transport("sse"), pings),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -135,7 +135,7 @@ async def stream_events(request: Request) -> Response:
     )
 
 
-class _Pings:
+class Pings:
     """A keep-alive is due (the shared wheel said so): the body writes ``PING`` at its next
     step, which ``poke`` brings about even on a silent run."""
 
@@ -172,7 +172,7 @@ def ended_frame(why: str) -> bytes:
 
 
 async def _frames(sub: Subscription, ns_filter: frozenset[str] | None, sessions: Sessions,
-                  caller: Caller, metrics: TransportMetrics, pings: _Pings) -> AsyncIterator[bytes]:
+                  caller: Caller, metrics: TransportMetrics, pings: Pings) -> AsyncIterator[bytes]:
     # The stream lives no longer than its credential: it ends at exp, or when revoked.
     # (Opened here, not before: a generator that never starts never runs its ``finally``.)
     session = sessions.open(caller, lambda why: sub.stop(CredentialEnded(why)))

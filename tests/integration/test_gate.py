@@ -33,6 +33,7 @@ import socketio
 from httpx_sse import aconnect_sse
 from langgraph_sdk import get_client
 
+from server.transports.sse import RETRY_MS
 from tests.auth_support import Minter, bearer
 from tests.support import RedisServer, ServerProcess
 
@@ -892,6 +893,21 @@ async def test_a_watcher_that_left_before_the_end_is_no_watcher(c: httpx.AsyncCl
     s = await finished(c, rid)
     [entry] = await inbox_of(c, key, 1)
     assert entry["run_id"] == rid and entry["verdict"] == s["verdict"]
+
+
+async def test_a_quiet_context_stream_gets_keep_alives(c: httpx.AsyncClient) -> None:
+    """The context stream pings like a run's (``: ping`` every THOUGHTSTREAM_SSE_PING_S, 0.5 here)."""
+    key = uid()
+    await put_version(c, key, "v1")
+    lines: list[str] = []
+    async with asyncio.timeout(T):
+        async with c.stream("GET", f"/contexts/{key}/events") as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            async for line in r.aiter_lines():
+                lines.append(line)
+                if lines.count(": ping") == 2:
+                    break
+    assert lines[:3] == [f"retry: {RETRY_MS}", "", "event: INBOX"], lines
 
 
 async def test_socketio_subscribe_context_gets_inbox_then_live(env: Env, c: httpx.AsyncClient) -> None:
