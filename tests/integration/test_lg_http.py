@@ -75,3 +75,19 @@ async def test_bad_run_bodies_are_422_naming_the_field(client: httpx.AsyncClient
         assert field in resp.json()["error"]["message"] or resp.json()["error"].get("field", "").startswith(field)
     assert (await client.post(f"/threads/{thread}/runs", json={"assistant_id": "nobody"})).status_code == 404
     assert (await client.get(f"/threads/{thread}/runs")).json() == []
+
+
+async def test_a_quiet_run_stream_carries_langgraphs_heartbeat(client: httpx.AsyncClient) -> None:
+    """A run silent for 2 s: its stream keeps the connection alive with ``: heartbeat``
+    comments (every THOUGHTSTREAM_SSE_PING_S, 0.5 s here), then ends as usual."""
+    thread = (await client.post("/threads", json={})).json()["thread_id"]
+    lines: list[str] = []
+    async with client.stream("POST", f"/threads/{thread}/runs/stream", json={
+            "assistant_id": "napper", "input": {"nap_s": 2}, "stream_mode": ["custom"]}) as resp:
+        assert resp.status_code == 200
+        async for line in resp.aiter_lines():
+            lines.append(line)
+    assert lines.count(": heartbeat") >= 2, lines
+    events = sse_events("\n".join(lines) + "\n")
+    assert [e for _, e, _ in events] == ["metadata", "custom", "end"], events
+    assert events[1][2] == {"ns": "WOKE", "slept_s": 2}

@@ -14,7 +14,6 @@ import logging
 import orjson
 from typing import Any, AsyncIterator
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -27,6 +26,8 @@ from ...threads.store import ThreadRecord
 from ..common import RequestError, parse_seq, request_caller, validate
 from ..http import JSONBytes, read_json
 from ..openapi import Operation, Param
+from ..sse import CredentialEnded, Pings
+from ..sse_response import LeanEventSourceResponse
 from .models import (AssistantSearch, CancelMany, HistoryRequest, RunCreate, StateAt, StateUpdate, ThreadCreate,
                      ThreadPatch, ThreadSearch)
 from .stream import Framer, encode, end_frame, frame, parse_modes
@@ -425,18 +426,21 @@ async def _stream(request: Request, rec: RunRecord, *, after: int, modes: frozen
     caller = await request_caller(request)
     state = request.app.state
     settings = state.settings
-    return EventSourceResponse(
-        _frames(sub, framer, state, caller, cancel_on_disconnect, rec, skip),
+    pings = Pings(sub)
+    # The lean response, as the native streams: nothing cancels the body from outside (a
+    # client leaving stops the subscription), so its clean-up runs whole.
+    return LeanEventSourceResponse(
+        _frames(sub, framer, state, caller, cancel_on_disconnect, rec, skip, pings),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_location(rec)},
-        ping=min(HEARTBEAT_S, settings.sse_ping_s),
-        ping_message_factory=lambda: ServerSentEvent(comment="heartbeat", sep="\n"),
+        ping_period=min(HEARTBEAT_S, settings.sse_ping_s), on_ping=pings.due_now, interrupt=sub.stop,
         sep="\n", send_timeout=settings.sse_send_timeout_s)
 
 
-async def _frames(sub: Any, framer: Framer, state: Any, caller: Caller, cancel_on_disconnect: bool,
-                  rec: RunRecord, skip: int = 0) -> AsyncIterator[bytes]:
-    from ..sse import CredentialEnded
+HEARTBEAT = b": heartbeat\n\n"  # LangGraph's keep-alive comment
 
+
+async def _frames(sub: Any, framer: Framer, state: Any, caller: Caller, cancel_on_disconnect: bool,
+                  rec: RunRecord, skip: int, pings: Pings) -> AsyncIterator[bytes]:
     session = state.identity.sessions.open(caller, lambda why: sub.stop(CredentialEnded(why)))
     metrics = state.metrics.transport("langgraph")
     metrics.subscribers.inc()
@@ -444,6 +448,11 @@ async def _frames(sub: Any, framer: Framer, state: Any, caller: Caller, cancel_o
         try:
             await sub.open()
             async for batch in sub:
+                if pings.due:
+                    pings.due = False
+                    yield HEARTBEAT
+                if not batch:
+                    continue
                 chunks = []
                 for e in batch:
                     chunks.append(encode(framer.frames(e), e.seq, skip))
