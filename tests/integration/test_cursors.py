@@ -65,7 +65,7 @@ async def test_cursor_at_the_last_seq_ends_cleanly_at_once(client: httpx.AsyncCl
                                headers={"Last-Event-ID": str(last)}, timeout=5)
     assert stream.status_code == 200 and stream.closed_by_server
     assert stream.events == [] and stream.others == []
-    assert time.monotonic() - started < 1.0  # no waiting for a ping or a timeout
+    assert time.monotonic() - started < 3.0  # no waiting for the 5 s timeout
 
 
 async def test_cursor_resumes_after_the_given_seq(client: httpx.AsyncClient,
