@@ -261,8 +261,9 @@ async def _open_redis(settings: Settings, registry: Any, with_worker: bool,
     from .auth.store import RedisAuthStore
     from .bus.redis import RedisBus
     from .observability.redis_share import RedisMetricsShare
+    from .runs.redis_queue import RedisQueue
     from .runs.redis_store import RedisRunStore
-    from .runs.worker import RedisQueue, Worker
+    from .runs.worker import Worker
 
     assert settings.redis_url is not None
     async with AsyncExitStack() as stack:
