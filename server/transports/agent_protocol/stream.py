@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from ...events import ERROR, STATUS, STEP, RESULT, Event, dumps
-from ...runs.executor import LG_PREFIX
+from ...runs.chunks import LG_PREFIX
 from ...runs.lifecycle import RESUMED
 
 STREAM_MODES = frozenset({"values", "updates", "messages", "messages-tuple", "custom", "events",
