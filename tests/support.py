@@ -68,7 +68,9 @@ class ServerProcess:
             argv += ["--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         if self.command == "serve" and self.wait_http:
-            deadline = time.monotonic() + 30
+            # Seconds, not minutes, on a quiet machine; a loaded CI machine starting four
+            # processes at once (a topology) can take a good part of a minute.
+            deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
@@ -159,7 +161,7 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def wait_workers(redis: RedisServer | RedisCluster, n: int, prefix: str = "ts", timeout: float = 30) -> None:
+def wait_workers(redis: RedisServer | RedisCluster, n: int, prefix: str = "ts", timeout: float = 60) -> None:
     """Until n workers have joined the queue's consumer group (they start slowly under load)."""
     import redis as redis_sync
 
