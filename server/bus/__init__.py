@@ -1,4 +1,5 @@
-"""The event bus: one interface (``base``), one module per backend."""
+"""The event bus: one interface (``base``), one subscription algorithm (``subscription``),
+one module per backend."""
 
 from .base import (  # noqa: F401
     Bus,
@@ -6,7 +7,6 @@ from .base import (  # noqa: F401
     CursorAhead,
     CursorExpired,
     LogBounds,
-    Subscription,
     UnknownLog,
-    subscribe,
 )
+from .subscription import Subscription, subscribe  # noqa: F401

@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..auth import MEMBER, VIEWER, Caller
-from ..bus.base import BusError, CursorExpired, UnknownLog, subscribe
+from ..bus.base import BusError, CursorExpired, UnknownLog
+from ..bus.subscription import subscribe
 from ..events import dumps
 from ..runs.service import Conflict, NotFound
 from .common import api_error, request_caller, validate

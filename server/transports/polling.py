@@ -34,7 +34,8 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..bus.base import Bus, BusError, Sink, UnknownLog, subscribe
+from ..bus.base import Bus, BusError, Sink, UnknownLog
+from ..bus.subscription import subscribe
 from ..events import TERMINAL_STATES, Event, dumps
 from .api_models import EventView, RunSnapshot, dump
 from .common import RequestError

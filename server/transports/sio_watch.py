@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from ..backoff import Backoff
-from ..bus.base import Bus, CursorAhead, CursorExpired, LogLost, Subscription, UnknownLog, subscribe
+from ..bus.base import Bus, CursorAhead, CursorExpired, LogLost, UnknownLog
+from ..bus.subscription import Subscription, subscribe
 from ..config import Settings
 from ..auth import Session
 from .common import Caller

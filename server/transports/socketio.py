@@ -45,7 +45,7 @@ import socketio
 
 from ..auth import EXPIRED, MEMBER, VIEWER, AuthError
 from ..auth.caller import invalid_token, token_expired
-from ..bus.base import subscribe
+from ..bus.subscription import subscribe
 from ..config import Settings
 from ..runs.service import NotFound
 from .common import RequestError, SubmitRequest, api_error, check_idempotency_key, identity_of, validate

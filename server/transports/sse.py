@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..auth import EXPIRED, VIEWER, Caller, Sessions
-from ..bus.base import BusError, CursorExpired, Subscription, UnknownLog, subscribe
+from ..bus.base import BusError, CursorExpired, UnknownLog
+from ..bus.subscription import Subscription, subscribe
 from ..events import Event, dumps
 from . import polling
 from .common import MAX_CURSOR_DIGITS, RequestError, api_error, parse_seq, request_caller

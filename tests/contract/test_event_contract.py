@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from server.bus.base import CursorAhead, CursorExpired, LogClosed, UnknownLog, subscribe
+from server.bus.base import CursorAhead, CursorExpired, LogClosed, UnknownLog
+from server.bus.subscription import subscribe
 from server.events import STATUS
 
 

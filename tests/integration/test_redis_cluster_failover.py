@@ -19,7 +19,8 @@ import pytest
 
 from server import redis_keys
 from server.backends import redis_connection
-from server.bus.base import BackendUnavailable, LogLost, subscribe
+from server.bus.base import BackendUnavailable, LogLost
+from server.bus.subscription import subscribe
 from server.bus.redis import RedisBus, log_meta_key
 from server.observability.logs import run_context
 from tests.support import RedisCluster

@@ -14,7 +14,8 @@ import pytest
 import redis as redis_sync
 
 from server.backends import redis_connection
-from server.bus.base import Fenced, LogLost, UnknownLog, subscribe
+from server.bus.base import Fenced, LogLost, UnknownLog
+from server.bus.subscription import subscribe
 from server.bus.redis import RedisBus, log_meta_key
 from server.events import STATUS
 from server.observability.logs import run_context

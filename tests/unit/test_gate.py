@@ -298,7 +298,7 @@ async def test_a_watched_ending_is_not_in_the_inbox(make_world: Callable[..., An
 
 async def test_a_subscription_is_presence_until_it_closes(make_world: Callable[..., Any]) -> None:
     """bus.subscribe enters the room (attach=True), aclose leaves it: what every transport uses."""
-    from server.bus.base import subscribe
+    from server.bus.subscription import subscribe
 
     async with make_world() as w:
         key = key_()
@@ -317,7 +317,7 @@ async def test_a_reader_that_reads_to_the_terminal_event_watched_the_ending(make
     """What an SSE / Socket.IO / LangGraph stream does: read the run until its terminal
     event, then close. It was watching when the run ended, so the ending is not unwatched
     (ten runs; the reader's close races the gate's look at presence)."""
-    from server.bus.base import subscribe
+    from server.bus.subscription import subscribe
 
     async with make_world() as w:
         key = key_()

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from server.bus.base import CursorExpired, LogClosed, Sink, subscribe
+from server.bus.base import CursorExpired, LogClosed, Sink
+from server.bus.subscription import subscribe
 from server.bus.memory import MemoryBus
 from server.events import STATUS, Event
 from server.journal import Journal

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.bus.base import subscribe
+from server.bus.subscription import subscribe
 from server.bus.memory import MemoryBus
 from server.config import Settings
 from server.events import STATUS, Event

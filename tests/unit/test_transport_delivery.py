@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from server.bus.base import subscribe
+from server.bus.subscription import subscribe
 from server.bus.memory import MemoryBus
 from server.config import Settings
 from server.events import STATUS

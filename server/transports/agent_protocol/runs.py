@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...auth import MEMBER, Caller
-from ...bus.base import BusError, CursorExpired, UnknownLog, subscribe
+from ...bus.base import BusError, CursorExpired, UnknownLog
+from ...bus.subscription import subscribe
 from ...runs.service import Conflict, NotFound
 from ...runs.store import INTERRUPTED, QUEUED, RUNNING, RunRecord
 from ..common import RequestError, parse_seq, request_caller, validate
