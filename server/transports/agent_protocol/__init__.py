@@ -1,4 +1,4 @@
-"""The LangGraph Agent Server protocol, the third transport (see ``routes.py``)."""
+"""The LangGraph Agent Server protocol, the third transport (routes: ``threads.py`` and ``runs.py``, gathered in ``routes.py``)."""
 
 from __future__ import annotations
 

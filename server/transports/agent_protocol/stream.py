@@ -1,7 +1,7 @@
 """LangGraph's stream modes, cut from one run's log for one connection.
 
 A thread run's log holds every chunk LangGraph streamed (``lg.<mode>`` events, see
-``runs/executor.py``), so each connection picks its own modes from the same log: a late
+``runs/chunks.py``), so each connection picks its own modes from the same log: a late
 joiner can ask for any mode, and subgraph events are never lost on a join. ``debug``,
 ``events`` and ``messages/*`` are derived here from the stored chunks. Every frame carries
 ``id: <seq>`` of the event it came from; ordering, dedup and resume are the
