@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -21,10 +22,23 @@ from server import redis_keys
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_HANDED_OUT: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on that this test session never handed out before. The kernel
+    may give a just-freed port again: two servers started together (a fixture starting six
+    at once) were once both given one, and the loser's health check reached the winner."""
+    with _PORTS_LOCK:
+        for _ in range(1000):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise RuntimeError("no free port that was not handed out already")
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:
@@ -76,7 +90,10 @@ class ServerProcess:
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
                 try:
                     if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
-                        return self
+                        time.sleep(0.2)  # a failed bind exits at once: make sure the answer was ours
+                        if self.proc.poll() is None:
+                            return self
+                        raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
