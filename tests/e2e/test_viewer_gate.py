@@ -303,8 +303,11 @@ def test_results_that_finish_while_the_page_is_closed_wait_in_the_inbox(
     assert shown == verdicts
     assert page.inner_text(f"[data-testid='ctx-inbox-entry'][data-run-id='{older}'] [data-testid='ctx-entry-verdict']") \
         .lower() == "superseded"
-    assert page.evaluate("() => window.__ts.ctx.inboxFromStream") is True
+    # The first GET may paint the inbox before the stream opens; the stream's INBOX follows.
+    page.wait_for_function("() => window.__ts.ctx.inboxFromStream === true")
     page.wait_for_selector("#ctx-live[data-state='live']")
+    assert page.locator("[data-testid='ctx-inbox-entry']").evaluate_all(
+        "els => Object.fromEntries(els.map(e => [e.dataset.runId, e.dataset.verdict]))") == verdicts
     shot(page, "viewer-gate-inbox.png")
 
     with page.expect_response(lambda r: r.url.endswith(f"/contexts/{key}/inbox/ack")) as ack:
