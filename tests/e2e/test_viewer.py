@@ -126,6 +126,18 @@ def run_status(server: ServerProcess, run_id: str) -> str:
     return httpx.get(f"{server.url}/runs/{run_id}").json()["status"]
 
 
+def wait_log_past(server: ServerProcess, run_id: str, seq: int, timeout: float = 20.0) -> None:
+    """GET /runs/{id} until the run's log holds an event after ``seq`` (its record's last_seq)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = httpx.get(f"{server.url}/runs/{run_id}").json()
+        if (snap.get("last_seq") or 0) > seq:
+            return
+        assert snap["status"] == "running", f"the run ended before its log passed #{seq}: {snap['status']}"
+        assert time.monotonic() < deadline, f"the log of {run_id} did not pass #{seq}: {snap.get('last_seq')}"
+        time.sleep(0.05)
+
+
 def full_log(server: ServerProcess, run_id: str) -> list[dict[str, Any]]:
     """Every event of a run, read over SSE from cursor 0 until the terminal STATUS."""
     events: list[dict[str, Any]] = []
@@ -320,7 +332,10 @@ def test_network_cut_mid_run_resyncs_without_gaps_or_duplicates(
     page.context.set_offline(True)
     page.wait_for_selector("#conn[data-state='reconnecting']", timeout=5_000)
     frozen = lane_text(page)
-    time.sleep(2.0)
+    # Offline until the run has gone on without the page (events the resync must bring), not
+    # for a fixed time: at 30 tokens/s the whole run lasts about 4.5 s.
+    cut_at = page.evaluate("() => window.__ts.watch.lastSeq")
+    wait_log_past(server, run_id, cut_at + 15)
     assert run_status(server, run_id) == "running", "the run ended while offline: nothing left to see live"
     page.context.set_offline(False)
 

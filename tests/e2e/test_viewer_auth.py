@@ -238,7 +238,9 @@ def test_another_tenants_runs_stay_invisible(page: RecordingPage, server: Server
     assert page.locator(f".run-item[data-run-id='{run_a}']").count() == 0
 
     page.evaluate("(h) => { location.hash = h; }", f"run={run_a}&transport=sse")
-    page.wait_for_selector(".notice-error")
+    # Two answers put up a .notice-error: GET /runs/{id} (404: "Unknown run.") and the watch
+    # failing (ticket, then the stream: 404, "Cannot watch this run."), in either order.
+    page.wait_for_selector(".run .notice-error:has-text('Unknown run')")
     assert "Unknown run" in page.inner_text(".run")
     assert page.evaluate("() => window.__ts.watch.events.length") == 0
 
@@ -248,8 +250,12 @@ def test_token_expiring_mid_run_asks_to_sign_in_and_resumes_without_a_gap(
         page: RecordingPage, server: ServerProcess, transport: str) -> None:
     """The token expires while the run streams: the sign-in box says so, and a new token continues the watch from the last event shown."""
     sub = f"bob-{uuid.uuid4().hex[:6]}"
-    short = mint("acme", sub, ["member"], ttl=4)
     page.goto(page.base + "/")
+    page.wait_for_selector("#signin:not([hidden])")
+    # Minted once the page is up, not before it loads: its few seconds are for signing in,
+    # opening the watch and streaming (exp is whole seconds: 4-5 s from here), and a run
+    # lasts about 9 s at this pace, so it still runs when the token ends.
+    short = mint("acme", sub, ["member"], ttl=5)
     sign_in(page, short)
     run_id = start_run(server, bearer(mint("acme", sub, ["member"])))
     page.evaluate("(h) => { location.hash = h; }", f"run={run_id}&transport={transport}")
@@ -284,8 +290,12 @@ def test_signing_in_again_before_expiry_refreshes_the_socket(
         page: RecordingPage, server: ServerProcess, transport: str) -> None:
     """auth_expiring prompts for a new token; pasting one refreshes the open socket: no disconnect, no gap."""
     sub = f"carol-{uuid.uuid4().hex[:6]}"
-    short = mint("acme", sub, ["member"], ttl=5)
     page.goto(page.base + "/")
+    page.wait_for_selector("#signin:not([hidden])")
+    # Minted once the page is up: exp is 6-7 s from here (whole seconds). Signing in and
+    # going live must come before the prompt at exp - AUTH_EXPIRING_S, or it comes at once,
+    # with less than AUTH_EXPIRING_S left to sign in again and refresh the socket.
+    short = mint("acme", sub, ["member"], ttl=7)
     sign_in(page, short)
     run_id = start_run(server, bearer(mint("acme", sub, ["member"])))
     page.evaluate("(h) => { location.hash = h; }", f"run={run_id}&transport=socketio")

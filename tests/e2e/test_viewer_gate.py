@@ -130,6 +130,19 @@ def wait_record_ended(server: ServerProcess, run_id: str, headers: dict[str, str
         time.sleep(0.1)
 
 
+def wait_inbox(server: ServerProcess, key: str, run_ids: set[str], timeout: float = 30.0) -> list[dict[str, Any]]:
+    """GET /contexts/{key} until its inbox holds exactly ``run_ids``. An unwatched ending goes to
+    the inbox after the run's record and its terminal event (lifecycle ``_end``, then
+    ``gate.ended``): a record that reads ended does not mean the inbox entry is there yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        inbox = httpx.get(f"{server.url}/contexts/{key}").json()["inbox"]
+        if {e["run_id"] for e in inbox} == run_ids:
+            return inbox
+        assert time.monotonic() < deadline, f"the inbox of {key} is not {run_ids}: {inbox}"
+        time.sleep(0.1)
+
+
 def start_http(server: ServerProcess, key: str, version: str, ticks: dict[str, Any], on_stale: str = "mark",
                headers: dict[str, str] | None = None) -> str:
     res = httpx.post(f"{server.url}/runs", headers=headers or {}, json={
@@ -174,6 +187,9 @@ def test_edit_mid_run_holds_a_stale_result_until_applied_anyway(
     # The run answers rev-1; the panel shows the new document, the run in flight, its stream live.
     wait_version(page, "rev-1")
     page.wait_for_selector("#ctx-live[data-state='live']")
+    # The chip comes from the run's record (GET /runs/{id}; over Socket.IO also the subscribe
+    # ack), which nothing above waits for: over SSE the events can arrive before it.
+    page.wait_for_selector(f"[data-testid='run-context']:not([hidden]):has-text('{key}')")
     chip = page.inner_text("[data-testid='run-context']")
     assert key in chip and "rev-1" in chip and "hold" in chip, chip
     ctx = record(server, run_id)["context"]
@@ -241,6 +257,8 @@ def test_fresh_result_has_a_fresh_badge_and_a_marked_stale_one_is_not_the_answer
     page.wait_for_selector("[data-testid='fresh-badge']")
     assert page.get_attribute("[data-testid='gate-badge']", "data-state") == "fresh"
     assert page.inner_text("[data-testid='gate-badge']").strip().lower() == "fresh"
+    # From GET /runs/{id}, which the end of the SSE stream does not imply has been answered.
+    page.wait_for_selector(f"[data-testid='run-context']:not([hidden]):has-text('{key}')")
     chip = page.inner_text("[data-testid='run-context']")
     assert " ".join(chip.split()) == f"{key} @ rev-1", chip
     assert page.locator("[data-testid='gate']").is_hidden()
@@ -288,8 +306,7 @@ def test_results_that_finish_while_the_page_is_closed_wait_in_the_inbox(
     newer = start_http(server, key, "rev-1", SHORT)
     verdicts = {r: wait_record_ended(server, r)["verdict"]["state"] for r in (older, newer)}
     assert verdicts == {older: "superseded", newer: "fresh"}, verdicts
-    inbox = httpx.get(f"{server.url}/contexts/{key}").json()["inbox"]
-    assert {e["run_id"] for e in inbox} == {older, newer}, inbox
+    wait_inbox(server, key, {older, newer})
 
     # The page opens again on the same document: its inbox, from the stream's INBOX event.
     page = make_page(browser_context)

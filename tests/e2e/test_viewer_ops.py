@@ -155,11 +155,14 @@ def test_operations_tab_shows_the_live_backlog(make_page: Any, backlog: ServerPr
     }""")
     assert page.get_attribute("[data-testid='ops-state']", "data-phase") == "paused"
     assert requests_during(page, 2.6) == 0
+    # Counted while paused (nothing polls): the visibilitychange polls at once, and its
+    # answer can land before a count taken after it, leaving only the next tick to wait for.
+    paused_at = samples(page)
     page.evaluate("""() => {
         delete document.hidden;
         document.dispatchEvent(new Event('visibilitychange'));
     }""")
-    wait_next_sample(page, timeout=3000)
+    page.wait_for_function("(n) => window.__ts.ops.samples.length > n", arg=paused_at, timeout=10_000)
     assert page.get_attribute("[data-testid='ops-state']", "data-phase") == "live"
 
     # The Runs tab: no polling either, and the runs list is back.

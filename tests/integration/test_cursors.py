@@ -48,7 +48,7 @@ def error_of(resp_body: bytes | str, status: int, got: int) -> dict[str, Any]:
 async def test_late_join_gets_the_whole_log_then_the_end(client: httpx.AsyncClient,
                                                          finished_run: dict[str, Any]) -> None:
     """A client connecting after the run ended gets seq 1..N, ending with the terminal STATUS, and EOF."""
-    stream = await read_stream(client, f"/runs/{finished_run['run_id']}/events", timeout=5)
+    stream = await read_stream(client, f"/runs/{finished_run['run_id']}/events")
     assert stream.status_code == 200 and stream.closed_by_server
     assert_gapless(stream.events, 1)
     assert len(stream.events) > 20
@@ -62,10 +62,11 @@ async def test_cursor_at_the_last_seq_ends_cleanly_at_once(client: httpx.AsyncCl
     last = finished_run["events"][-1]["seq"]
     started = time.monotonic()
     stream = await read_stream(client, f"/runs/{finished_run['run_id']}/events",
-                               headers={"Last-Event-ID": str(last)}, timeout=5)
+                               headers={"Last-Event-ID": str(last)}, timeout=20)
     assert stream.status_code == 200 and stream.closed_by_server
     assert stream.events == [] and stream.others == []
-    assert time.monotonic() - started < 3.0  # no waiting for the 5 s timeout
+    # Closed by the server, not left open until the client gives up (20 s); room for a loaded machine.
+    assert time.monotonic() - started < 10.0
 
 
 async def test_cursor_resumes_after_the_given_seq(client: httpx.AsyncClient,

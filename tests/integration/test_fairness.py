@@ -466,18 +466,22 @@ async def cancel_storm(http: httpx.AsyncClient, dep: Deployment, tenant: str) ->
         return {"answered": resp.json()["status"], **await snap(http, run_id)}
 
     ends = await gather_limited((cancel(r) for r in ids), 30)
-    await asyncio.sleep(1.0)
 
     async def held() -> int:
         resp = await http.get("/admin/overview", headers=auth(*ADMIN))
         return (resp.json()["tenants"].get(tenant) or {}).get("running", 0)
 
+    # The executions give their slots back after the endings the cancels answered with; a
+    # leaked slot is never given back (nothing expires it), so a loaded machine gets 10 s.
+    deadline = time.monotonic() + 10
+    while await held() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
     problems = []
     wrong = [(e["run_id"][:8], e["answered"], e["status"]) for e in ends if e["status"] != "cancelled"]
     if wrong:
         problems.append(f"POST /cancel answered but the run was not cancelled (id, answered, now): {wrong}")
     if await held():
-        problems.append(f"{await held()} slot(s) still held 1 s after every run of {tenant} ended")
+        problems.append(f"{await held()} slot(s) still held 10 s after every run of {tenant} ended")
     # Whatever happened, leave the deployment idle for the tests after this one.
     deadline = time.monotonic() + 10
     while (await runs_of(http, tenant, "running") or await held()) and time.monotonic() < deadline:
@@ -591,7 +595,8 @@ async def test_queue_cap_answers_429_tenant_queue_full_with_retry_after(limited:
                 assert waiting[0]["queue_reason"] == "waiting for a free run slot"
                 assert waiting[2]["queue_reason"] == "behind 2 earlier run(s) of tenant 'queue'"
                 # From the tenant's state: one run of its 1.5 s (cap: one slot) frees a place.
-                assert err["retry_after_s"] == pytest.approx(1.5, abs=0.2)
+                # (Its measured run time: 1.5 s and a loaded machine's overhead; not two or three runs' worth.)
+                assert 1.45 <= err["retry_after_s"] < 2.5, err
             assert (await post(http, "queue-other", 0.1)).status_code == 202  # its own queue
             if limited.backend == "memory":
                 await cancel_all(http, "queue-blocker")  # the slot frees; the tenant's runs go

@@ -60,7 +60,9 @@ async def test_a_frozen_owner_that_wakes_after_a_takeover_writes_nothing():
         snap = httpx.get(f"{api.url}/runs/{run_id}").json()
         assert snap["status"] == "succeeded" and snap["attempt"] == 2
         assert f"-{owner.proc.pid}-" not in snap["worker"]
-        await asyncio.sleep(1.0)  # the woken worker has had time to try
-        out = owner.output()
+        deadline = time.monotonic() + 15  # the woken worker's next write is refused, then it logs
+        while "taken over by another worker" not in (out := owner.output()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         assert "taken over by another worker" in out, out[-3000:]
+        await asyncio.sleep(1.0)  # and it has had time to fall over, had it not carried on
         assert owner.proc.poll() is None, "the woken worker must carry on (it only lost that run)"

@@ -311,6 +311,10 @@ async def ctx_stream(c: httpx.AsyncClient, key: str, **kw: Any) -> AsyncIterator
 async def context_log(c: httpx.AsyncClient, key: str, quiet_s: float = 0.4) -> list[dict[str, Any]]:
     """Every event of the context's log from seq 1 (read until nothing new for ``quiet_s``)."""
     async with ctx_stream(c, key, last_event_id=0) as s:
+        # Every context read here has at least one event (RUN_STARTED or VERSION made it), and
+        # its history follows the INBOX frame through a read of the log: wait for it before
+        # counting quiet time (a loaded server can take longer than quiet_s to send it).
+        await wait_until(lambda: asyncio.sleep(0, s.events), f"the history of context {key}", timeout=T)
         seen = -1
         while len(s.frames) != seen:
             seen = len(s.frames)
@@ -318,6 +322,16 @@ async def context_log(c: httpx.AsyncClient, key: str, quiet_s: float = 0.4) -> l
         events = s.events
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), [e["seq"] for e in events]
     return events
+
+
+async def verdicts_of(c: httpx.AsyncClient, key: str, run_ids: list[str]) -> list[dict[str, Any]]:
+    """The context's VERDICT events, once there is one for each of ``run_ids`` (an ending's
+    VERDICT follows its terminal STATUS and its inbox entry, if any)."""
+    async def have() -> list[dict[str, Any]] | None:
+        got = [e for e in await context_log(c, key, quiet_s=0.2) if e["ns"] == "VERDICT"]
+        return got if {e["data"]["run_id"] for e in got} >= set(run_ids) else None
+
+    return await wait_until(have, f"VERDICT of {len(run_ids)} runs on {key}", timeout=T)
 
 
 def check_verdict(v: dict[str, Any], state: str, key: str, version: str, current: str,
@@ -413,7 +427,11 @@ async def test_context_view_lists_runs_in_flight(c: httpx.AsyncClient) -> None:
         assert (await c.post(f"/runs/{rid}/cancel")).status_code == 200
     await finished(c, a)
     await finished(c, b)
-    assert (await get_context(c, key))["runs"] == []
+
+    async def none_in_flight() -> bool:  # a run leaves the view after its terminal STATUS (gate.ended)
+        return (await get_context(c, key))["runs"] == []
+
+    await wait_until(none_in_flight, f"no runs in flight on {key}", timeout=10)
 
 
 async def test_stale_gives_both_versions(c: httpx.AsyncClient) -> None:
@@ -873,11 +891,12 @@ async def test_a_run_watched_over_sse_is_not_in_the_inbox(c: httpx.AsyncClient) 
     key = uid()
     rids = []
     for _ in range(10):
-        rid = await submit(c, "ticker", ticks(2, 0.05), ctx(key, "v1"))
+        # Half a second: the stream below opens while the run is still going, even on a loaded machine.
+        rid = await submit(c, "ticker", ticks(5, 0.1), ctx(key, "v1"))
         log = await run_log(c, rid)  # open from before its end to its terminal event
         assert log[-1]["data"]["state"] == "succeeded"
         rids.append(rid)
-    await asyncio.sleep(0.5)
+    await verdicts_of(c, key, rids)  # each written after its ending's inbox decision
     inbox = (await get_context(c, key))["inbox"]
     assert [e["run_id"] for e in inbox] == [], f"{len(inbox)} of 10 watched runs went to the inbox"
     for e in (await context_log(c, key)):
@@ -887,7 +906,8 @@ async def test_a_run_watched_over_sse_is_not_in_the_inbox(c: httpx.AsyncClient) 
 
 async def test_a_watcher_that_left_before_the_end_is_no_watcher(c: httpx.AsyncClient) -> None:
     key = uid()
-    rid = await submit(c, "ticker", ticks(6, 0.1), ctx(key, "v1"))
+    # Two seconds: the watcher has left well before the end, even on a loaded machine.
+    rid = await submit(c, "ticker", ticks(20, 0.1), ctx(key, "v1"))
     async with ctx_stream(c, key):
         await running(c, rid)
     s = await finished(c, rid)
@@ -969,12 +989,13 @@ async def test_a_run_watched_over_socketio_is_not_in_the_inbox(env: Env, c: http
     try:
         rids = []
         for _ in range(5):
-            rid = await submit(c, "ticker", ticks(3, 0.05), ctx(key, "v1"))
+            # Half a second: subscribed while the run is still going, even on a loaded machine.
+            rid = await submit(c, "ticker", ticks(5, 0.1), ctx(key, "v1"))
             ack = await sio.call("subscribe", {"run_id": rid}, timeout=10)
             assert ack["ok"] is True, ack
             rids.append(rid)
         await wait_until(lambda: asyncio.sleep(0, len(ends) == 5), "5 run_end", timeout=T)
-        await asyncio.sleep(0.5)
+        await verdicts_of(c, key, rids)  # each written after its ending's inbox decision
         inbox = (await get_context(c, key))["inbox"]
         assert inbox == [], f"{len(inbox)} of 5 runs watched over Socket.IO went to the inbox"
     finally:

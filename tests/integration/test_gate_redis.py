@@ -40,6 +40,7 @@ from .test_gate import (
     submit,
     ticks,
     uid,
+    verdicts_of,
     wait_until,
 )
 
@@ -141,8 +142,8 @@ async def test_watcher_on_api1_left_run_ends_on_worker_next_subscriber_on_api2_g
     await leave_mid_run(c1, key, rid, watch)
     s = await finished(c2, rid)
     assert s["worker"] is not None  # it ran on the worker
-    await asyncio.sleep(0.5)
-    verdicts = [e["data"] for e in await context_log(c2, key) if e["ns"] == "VERDICT"]
+    # The worker writes the VERDICT after the run's terminal STATUS (which ended the wait above).
+    verdicts = [e["data"] for e in await verdicts_of(c2, key, [rid])]
     assert len(verdicts) == 1 and verdicts[0]["unwatched"] is True, (
         f"the run ended {s['ended_at'] - s['started_at']:.1f} s after it started, long after API 1's "
         f"watcher ({watch}) disconnected, yet its VERDICT says unwatched={verdicts[0].get('unwatched')}")
@@ -197,10 +198,11 @@ async def test_a_run_watched_on_api2_is_not_in_the_inbox(c1: httpx.AsyncClient, 
     key = uid()
     unwatched = []
     for _ in range(5):
-        rid = await submit(c1, "ticker", ticks(3, 0.05), ctx(key, "v1"))
+        # Half a second: the stream on API 2 opens while the run is still going, even on a loaded machine.
+        rid = await submit(c1, "ticker", ticks(5, 0.1), ctx(key, "v1"))
         log = await run_log(c2, rid)
         assert log[-1]["data"]["state"] == "succeeded"
-        await asyncio.sleep(0.3)
+        await verdicts_of(c1, key, [rid])  # written after its ending's inbox decision
         if [e for e in (await get_context(c1, key))["inbox"] if e["run_id"] == rid]:
             unwatched.append(rid)
     assert unwatched == [], f"{len(unwatched)} of 5 runs watched on API 2 went to the inbox"
@@ -212,7 +214,7 @@ async def test_the_context_log_is_one_log_on_every_process(c1: httpx.AsyncClient
     await running(c2, rid)
     await put_version(c2, key, "v2")
     await finished(c1, rid)
-    await asyncio.sleep(0.3)
+    await verdicts_of(c2, key, [rid])  # the worker writes it after the run's terminal STATUS
     one, two = await context_log(c1, key), await context_log(c2, key)
     assert one == two
     assert [e["ns"] for e in one] == ["RUN_STARTED", "VERSION", "VERDICT"]

@@ -180,7 +180,7 @@ async def test_json_logs_carry_the_run_on_its_lines(server: ServerProcess) -> No
     async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
         run = await start_run(http, "logging", {"word": word})
         assert (await wait_finished(http, run["run_id"]))["status"] == "succeeded"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while server.output().count(word) < 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     lines = [json.loads(line) for line in server.output().splitlines() if line.strip()]
@@ -194,7 +194,7 @@ async def test_json_logs_carry_the_run_on_its_lines(server: ServerProcess) -> No
     assert startup and "run_id" not in startup[0]
 
 
-async def _settled(url: str, ok: Any, headers: dict[str, str] | None = None, timeout: float = 5) -> Scrape:
+async def _settled(url: str, ok: Any, headers: dict[str, str] | None = None, timeout: float = 20) -> Scrape:
     """Scrape until ``ok(scrape)``: a stream's end is counted once the server has closed it."""
     deadline = time.monotonic() + timeout
     while True:
@@ -289,13 +289,17 @@ def test_worker_process_counters_show_on_every_api_process() -> None:
                        and x.labels.get("process", "").startswith("worker-")
                        and x.labels.get("status") == "succeeded")
 
+        def roles_of(s: Scrape) -> list[str]:
+            return sorted(p.split("-", 1)[0] for p in s.label_values("thoughtstream_subscribers", "process"))
+
         for api in (a, b):
+            # Another process's series arrive with its next publish (every 0.3 s): wait for all three.
             s = asyncio.run(_settled(api.url, lambda s: worker_runs(s) == 1 and
-                                     s.value("thoughtstream_events_published_total") == last_seq))
+                                     s.value("thoughtstream_events_published_total") == last_seq and
+                                     roles_of(s) == ["api", "api", "worker"]))
             assert worker_runs(s) == 1, s.text
             processes = s.label_values("thoughtstream_events_published_total", "process")
-            roles = sorted(p.split("-", 1)[0] for p in s.label_values("thoughtstream_subscribers", "process"))
-            assert roles == ["api", "api", "worker"], processes
+            assert roles_of(s) == ["api", "api", "worker"], processes
             assert s.value("thoughtstream_events_published_total") == last_seq
             assert s.value("thoughtstream_backend_up") == 1
             assert "process" not in next(x.labels for x in s.samples if x.name == "thoughtstream_backend_up")

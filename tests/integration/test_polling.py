@@ -173,8 +173,11 @@ async def test_the_result_is_seen_within_one_long_poll_of_landing(client: httpx.
     got_at = time.time()
     snap = resp.json()
     assert snap["result"] == {"nap_s": 2.5, "woke": True}
-    assert got_at - snap["ended_at"] < 0.5, f"result seen {got_at - snap['ended_at']:.2f}s after it landed"
-    assert len(polls) <= 6, polls
+    # Below the 1 s recheck (the doorbell woke it), with room for a loaded machine.
+    assert got_at - snap["ended_at"] < 0.8, f"result seen {got_at - snap['ended_at']:.2f}s after it landed"
+    # At most one answer per change of the snapshot: each of the run's events, and the record's
+    # own moves (a quiet machine sees them coalesce into about six; a loaded one may not).
+    assert len(polls) <= snap["last_seq"] + 2, polls
     assert max(took for _, took, _ in polls) >= 1.5, polls  # one request was held through the nap
 
 
@@ -439,7 +442,8 @@ async def test_polling_across_api_processes_on_redis(redis_apis: dict[str, Serve
         got_at = time.time()
         assert resp.status_code == 200 and resp.headers["etag"] != a.headers["etag"]
         changed_at = (await page(two, run_id, after=a.json()["last_seq"], limit=1)).json()["events"][0]["ts"]
-        assert got_at - changed_at < 0.5, f"answered {got_at - changed_at:.2f}s after the change"
+        # Below the 1 s recheck (the doorbell woke it), with room for a loaded machine.
+        assert got_at - changed_at < 0.8, f"answered {got_at - changed_at:.2f}s after the change"
         await wait_finished(one, run_id)
         events, _ = await all_pages(two, run_id, limit=25, wait=5)
         assert events == await full_log(one, run_id)

@@ -98,7 +98,9 @@ async def test_redis_restarted_empty_mid_run_is_honest_everywhere(empty_on_resta
     sio_single = await Watcher(api1.url).connect()
     await sio_single.subscribe(run_id)
     await wait_progress(api1.url, run_id, 1)
-    await asyncio.sleep(0.5)
+    deadline = time.monotonic() + 20  # the watchers connect in the background
+    while not all(w.events for w in sse) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     before = {id(w): len(w.events) for w in sse}
     assert all(before.values()), "every SSE watcher was streaming before the restart"
 

@@ -82,7 +82,7 @@ def test_calculator_rejects(expression: str, message: str) -> None:
     started = time.perf_counter()
     with pytest.raises(ValueError, match=message):
         calculator(expression)
-    assert time.perf_counter() - started < 0.5  # refused up front, never attempted
+    assert time.perf_counter() - started < 5  # refused up front: computing any of these takes minutes
 
 
 # ---------------------------------------------------------------- corpus search
