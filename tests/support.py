@@ -24,19 +24,50 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _HANDED_OUT: set[int] = set()
 _PORTS_LOCK = threading.Lock()
+# One lock file a port, held (flock) by the session that handed the port out until it exits:
+# two test sessions on one machine (CI next to a developer's run) never hand out one port,
+# and a killed session's locks go with it.
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "thoughtstream-test-ports"
+_HELD: list[int] = []  # the lock files' descriptors, open for the session's lifetime
+
+
+def _reserve(port: int) -> bool:
+    """Take ``port`` for this session: not handed out before here, nor held by another session."""
+    import fcntl
+
+    if port in _HANDED_OUT:
+        return False
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    fd = os.open(_PORT_LOCKS / f"{port}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _HELD.append(fd)
+    _HANDED_OUT.add(port)
+    return True
+
+
+def _bindable(port: int) -> bool:
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
 
 
 def free_port() -> int:
-    """A port nothing listens on that this test session never handed out before. The kernel
-    may give a just-freed port again: two servers started together (a fixture starting six
-    at once) were once both given one, and the loser's health check reached the winner."""
+    """A port nothing listens on that no test session handed out before. The kernel may give
+    a just-freed port again: two servers started together (a fixture starting six at once)
+    were once both given one, and the loser's health check reached the winner."""
     with _PORTS_LOCK:
         for _ in range(1000):
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
-            if port not in _HANDED_OUT:
-                _HANDED_OUT.add(port)
+            if _reserve(port):
                 return port
     raise RuntimeError("no free port that was not handed out already")
 
@@ -241,15 +272,14 @@ class RedisCluster:
         """A free port whose cluster bus port (+10000) is free too (so below 55536)."""
         import random
 
-        while True:
-            port = random.randrange(20000, 45000)
-            try:
-                for p in (port, port + 10000):
-                    with socket.socket() as s:
-                        s.bind(("127.0.0.1", p))
-                return port
-            except OSError:
-                continue
+        with _PORTS_LOCK:
+            while True:
+                port = random.randrange(20000, 45000)
+                if port + 10000 in _HANDED_OUT or not (_bindable(port) and _bindable(port + 10000)):
+                    continue
+                if _reserve(port):
+                    if _reserve(port + 10000):
+                        return port
 
     @property
     def url(self) -> str:
