@@ -108,6 +108,9 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            # A second process would replace the first's handle, and nothing would ever stop it.
+            raise RuntimeError(f"{self.command} on port {self.port} is running already")
         argv = [sys.executable, "-m", "server", self.command, *self.args]
         if self.command == "serve":
             argv += ["--host", "127.0.0.1", "--port", str(self.port)]

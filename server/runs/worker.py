@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 # A worker with free slots claims at least this often even if no wake-up reaches it.
 CLAIM_POLL_S = 0.5
+# While Redis stays away, a periodic task (the reaper, the loop tick) says so this often, not
+# at every retry (twice a second with a short lease).
+OUTAGE_LOG_EVERY_S = 60.0
 
 
 class Worker:
@@ -313,17 +316,31 @@ class Worker:
         up to the period), so a worker whose Redis came back proves it is alive quickly."""
         backoff = Backoff(first=min(0.1, period), cap=period)
         delay = period
+        failing_since: float | None = None  # an outage is logged at its start, then once a minute
+        warned_at = 0.0
         while True:
             await asyncio.sleep(delay)
             try:
                 await tick()
             except (*TRANSIENT, BackendUnavailable) as exc:
                 delay = backoff.step()
-                log.warning("worker %s: %s failed (%s); retrying in %.1fs", self.name, label, exc, delay)
+                now = time.monotonic()
+                if failing_since is None or now - warned_at >= OUTAGE_LOG_EVERY_S:
+                    if failing_since is None:
+                        failing_since = now
+                    warned_at = now
+                    log.warning("worker %s: %s failed for %.0fs (%s); retrying every %.1fs at most",
+                                self.name, label, now - failing_since, exc, period)
+                else:
+                    log.debug("worker %s: %s failed (%s); retrying in %.1fs", self.name, label, exc, delay)
             except Exception:  # a bug must not stop the heartbeat or the reaper for good
                 log.exception("worker %s: %s failed", self.name, label)
                 delay = period
             else:
+                if failing_since is not None:
+                    log.warning("worker %s: %s works again after %.0fs", self.name, label,
+                                time.monotonic() - failing_since)
+                    failing_since = None
                 backoff.reset()
                 delay = period
 

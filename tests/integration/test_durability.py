@@ -105,7 +105,7 @@ async def test_interrupt_and_resume_across_processes_with_redis(redis_server):
     env = {"THOUGHTSTREAM_REDIS_URL": redis_server.url, "THOUGHTSTREAM_KEY_PREFIX": f"d{uuid.uuid4().hex[:6]}",
            "THOUGHTSTREAM_DATA_DIR": tempfile.mkdtemp(prefix="ts-data-")}
     with ServerProcess("--workers", "0", env=env) as api1, ServerProcess("--workers", "0", env=env) as api2, \
-            ServerProcess(command="worker", env=env).start() as _w:
+            ServerProcess(command="worker", env=env) as _w:
         run_id = submit(api1.url, APPROVAL)
         watcher = asyncio.create_task(read_sse(f"{api1.url}/runs/{run_id}/events"))
         await wait_state(api2.url, run_id, "interrupted")
