@@ -143,6 +143,9 @@ def ctx(key: str, version: str = "v1", **kw: Any) -> dict[str, Any]:
 
 
 def ticks(count: int, interval_s: float = 0.1) -> dict[str, Any]:
+    """The ticker's input. A run the test must still find in flight after ``running()`` (to
+    move its context or start a newer run on it) ticks 15 times: 1.5 s, room for a loaded
+    machine between the two requests."""
     return {"count": count, "interval_s": interval_s}
 
 
@@ -436,7 +439,7 @@ async def test_context_view_lists_runs_in_flight(c: httpx.AsyncClient) -> None:
 
 async def test_stale_gives_both_versions(c: httpx.AsyncClient) -> None:
     key = uid()
-    rid = await submit(c, "ticker", ticks(5, 0.1), ctx(key, "rev-17"))
+    rid = await submit(c, "ticker", ticks(15, 0.1), ctx(key, "rev-17"))
     await running(c, rid)
     view = await put_version(c, key, "rev-18")
     assert view["version"] == "rev-18" and view["runs"] == [{"run_id": rid, "status": "running", "version": "rev-17"}]
@@ -450,7 +453,7 @@ async def test_stale_gives_both_versions(c: httpx.AsyncClient) -> None:
 async def test_moved_and_moved_back_is_fresh(c: httpx.AsyncClient) -> None:
     """fresh: the context's version is the run's (it went to rev-18 and back to rev-17)."""
     key = uid()
-    rid = await submit(c, "ticker", ticks(5, 0.1), ctx(key, "rev-17"))
+    rid = await submit(c, "ticker", ticks(15, 0.1), ctx(key, "rev-17"))
     await running(c, rid)
     await put_version(c, key, "rev-18")
     await put_version(c, key, "rev-17")
@@ -468,7 +471,7 @@ async def test_put_of_the_same_version_is_no_move(c: httpx.AsyncClient) -> None:
 
 async def test_superseded_names_the_newer_run(c: httpx.AsyncClient) -> None:
     key = uid()
-    first = await submit(c, "ticker", ticks(5, 0.1), ctx(key, "v1"))
+    first = await submit(c, "ticker", ticks(15, 0.1), ctx(key, "v1"))
     await running(c, first)
     second = await submit(c, "ticker", ticks(8, 0.1), ctx(key, "v1"))
     v1 = await one_verdict(c, first, key)
@@ -505,20 +508,20 @@ async def test_within_its_deadline_is_fresh(c: httpx.AsyncClient) -> None:
 async def test_precedence_superseded_over_stale_over_expired(c: httpx.AsyncClient) -> None:
     # All three hold for `a` (moved, a newer run, past its 0.1 s): superseded.
     key = uid()
-    a = await submit(c, "ticker", ticks(6, 0.1), ctx(key, "v1", deliver_within_s=0.1))
+    a = await submit(c, "ticker", ticks(15, 0.1), ctx(key, "v1", deliver_within_s=0.1))
     await running(c, a)
     await put_version(c, key, "v2")
     b = await submit(c, "ticker", ticks(8, 0.1), ctx(key, "v2"))
     check_verdict(await one_verdict(c, a, key), "superseded", key, "v1", "v2", superseded_by=b)
     # Stale and expired: stale.
     key2 = uid()
-    d = await submit(c, "ticker", ticks(5, 0.1), ctx(key2, "v1", deliver_within_s=0.1))
+    d = await submit(c, "ticker", ticks(15, 0.1), ctx(key2, "v1", deliver_within_s=0.1))
     await running(c, d)
     await put_version(c, key2, "v2")
     check_verdict(await one_verdict(c, d, key2), "stale", key2, "v1", "v2")
     # Superseded and expired (not moved): superseded.
     key3 = uid()
-    e = await submit(c, "ticker", ticks(5, 0.1), ctx(key3, "v1", deliver_within_s=0.1))
+    e = await submit(c, "ticker", ticks(15, 0.1), ctx(key3, "v1", deliver_within_s=0.1))
     await running(c, e)
     f = await submit(c, "ticker", ticks(8, 0.1), ctx(key3, "v1"))
     check_verdict(await one_verdict(c, e, key3), "superseded", key3, "v1", "v1", superseded_by=f)
@@ -728,7 +731,7 @@ async def test_hold_then_deliver(c: httpx.AsyncClient) -> None:
 
 async def test_hold_of_superseded_and_expired(c: httpx.AsyncClient) -> None:
     key = uid()
-    a = await submit(c, "ticker", ticks(4, 0.1), ctx(key, "v1", on_stale="hold"))
+    a = await submit(c, "ticker", ticks(15, 0.1), ctx(key, "v1", on_stale="hold"))
     await running(c, a)
     b = await submit(c, "ticker", ticks(6, 0.1), ctx(key, "v1", on_stale="hold"))
     check_verdict(await one_verdict(c, a, key, held=True), "superseded", key, "v1", "v1", superseded_by=b)
@@ -758,7 +761,7 @@ async def test_deliver_of_what_holds_nothing_is_409_not_held(c: httpx.AsyncClien
     await one_verdict(c, fresh, key, held=False)
     # stale with mark (the default): delivered with its verdict, nothing held
     key2 = uid()
-    marked = await submit(c, "ticker", ticks(4, 0.1), ctx(key2, "v1"))
+    marked = await submit(c, "ticker", ticks(15, 0.1), ctx(key2, "v1"))
     await running(c, marked)
     await put_version(c, key2, "v2")
     check_verdict(await one_verdict(c, marked, key2, held=False), "stale", key2, "v1", "v2")
