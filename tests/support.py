@@ -87,8 +87,9 @@ class ServerProcess:
     """``python -m server <command> ...`` in a subprocess, on 127.0.0.1 and a free port."""
 
     def __init__(self, *args: str, command: str = "serve", env: dict[str, str] | None = None,
-                 port: int | None = None, wait_http: bool = True) -> None:
+                 port: int | None = None, wait_http: bool = True, host: str = "127.0.0.1") -> None:
         self.port = port or free_port()
+        self.host = host  # where ``serve`` listens; the tests reach it on 127.0.0.1 either way
         self.command = command
         self.args = list(args)
         self.env = {
@@ -113,7 +114,7 @@ class ServerProcess:
             raise RuntimeError(f"{self.command} on port {self.port} is running already")
         argv = [sys.executable, "-m", "server", self.command, *self.args]
         if self.command == "serve":
-            argv += ["--host", "127.0.0.1", "--port", str(self.port)]
+            argv += ["--host", self.host, "--port", str(self.port)]
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         if self.command == "serve" and self.wait_http:
             # Seconds, not minutes, on a quiet machine; a loaded CI machine starting four

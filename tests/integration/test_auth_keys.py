@@ -40,31 +40,6 @@ JWKS_REFETCH_S = 1.0
 RELOAD_WITHIN_S = 2.5  # the keys file is re-read at most every second; "within ~2 s"
 
 
-class OpenServer(ServerProcess):
-    """``serve --host 0.0.0.0`` (ServerProcess always binds 127.0.0.1); reached on 127.0.0.1."""
-
-    def start(self) -> OpenServer:
-        argv = [sys.executable, "-m", "server", "serve", "--host", "0.0.0.0", "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        # As ServerProcess.start: a minute (this fixture starts six servers at once on a loaded
-        # machine), and the answer counts only if this process is still alive (a failed bind
-        # exits at once; /healthz would have been another server's).
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
-                    time.sleep(0.2)
-                    if self.proc.poll() is None:
-                        return self
-                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server did not become healthy:\n{self.output()}")
-
-
 @dataclass
 class Servers:
     jwks: JwksServer
@@ -82,7 +57,7 @@ class Servers:
     mixed_file: Path
     mixed_keys: dict[str, str]
     mixed_server: ServerProcess  # AUTH=jwt + a keys file
-    open_server: OpenServer  # AUTH=none on 0.0.0.0
+    open_server: ServerProcess  # AUTH=none on 0.0.0.0
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +91,7 @@ def servers() -> Iterator[Servers]:
             "mixed": ServerProcess(*TICKER, env={**BASE_ENV, "THOUGHTSTREAM_AUTH": "jwt",
                                                  "THOUGHTSTREAM_JWT_SECRET": mixed.secret,
                                                  "THOUGHTSTREAM_API_KEYS_FILE": str(mixed_file)}),
-            "open": OpenServer(*TICKER, env={**BASE_ENV, "THOUGHTSTREAM_AUTH": "none"}),
+            "open": ServerProcess(*TICKER, env={**BASE_ENV, "THOUGHTSTREAM_AUTH": "none"}, host="0.0.0.0"),
         }
         try:
             with ThreadPoolExecutor(len(procs)) as pool:
